@@ -1,0 +1,57 @@
+"""The ``imgclust`` command line: one Typer command per pipeline stage.
+
+Each stage module exposes a pure function and a thin ``command`` wrapper; this module only
+registers them and turns imgclust's exceptions into a message and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+import typer
+
+from imgclust.errors import ImgclustError
+
+app = typer.Typer(
+    name="imgclust",
+    help="Reproducible, versioned, unsupervised image clustering (DVC + MLflow).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# command name -> module defining ``command``; modules are imported here, so they must stay cheap
+# at import time (heavy libraries such as TensorFlow and MLflow are imported inside functions).
+STAGE_COMMANDS = {
+    "synthesize": "imgclust.synthesize",
+    "ingest": "imgclust.ingest",
+    "strip-masks": "imgclust.strip_masks",
+    "resize": "imgclust.resize",
+    "split": "imgclust.split",
+    "augment": "imgclust.augment",
+    "featurize": "imgclust.featurize",
+    "train": "imgclust.train",
+    "evaluate": "imgclust.evaluate",
+}
+
+
+def _exits_cleanly(func):
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ImgclustError as exc:
+            typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=2) from exc
+
+    return wrapper
+
+
+def _register() -> None:
+    for name, module_name in STAGE_COMMANDS.items():
+        module = importlib.import_module(module_name)
+        app.command(name, help=module.__doc__)(_exits_cleanly(module.command))
+
+
+_register()

@@ -1,0 +1,37 @@
+"""Exceptions raised by imgclust's core code. Only the CLI turns them into messages and exit codes."""
+
+
+class ImgclustError(Exception):
+    """Base class: every expected failure carries a message that names the file and the fix."""
+
+
+class SourceError(ImgclustError):
+    """The dataset source folder is missing or not laid out as class subfolders."""
+
+
+class EmptyClassError(ImgclustError):
+    """A class folder holds no image."""
+
+
+class CorruptImageError(ImgclustError):
+    """One or more images cannot be decoded."""
+
+    def __init__(self, message: str, paths: list[str] | None = None):
+        super().__init__(message)
+        self.paths = paths or []
+
+
+class OutputCollisionError(ImgclustError):
+    """Two inputs would be written to the same output file."""
+
+
+class ParamError(ImgclustError):
+    """A parameter value is invalid for the data at hand."""
+
+
+class InputDataError(ImgclustError):
+    """A stage's input (manifest, feature file, model) is missing or inconsistent."""
+
+
+class WeightsUnavailableError(ImgclustError):
+    """Pretrained weights could not be loaded (typically: offline and not cached)."""

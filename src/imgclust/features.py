@@ -1,0 +1,75 @@
+"""Image-to-feature transformers following the scikit-learn estimator contract.
+
+A whole image-level model is a ``Pipeline`` of ``ImageLoader`` -> a feature extractor
+(``PixelFeatures`` or ``imgclust.cnn.KerasFeatureExtractor``) -> [scaling] -> [PCA] -> KMeans.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from imgclust.errors import InputDataError
+from imgclust.images import load_array, pil_mode, resample_filter
+
+class PixelScaler(BaseEstimator, TransformerMixin):
+    """uint8 pixels -> float32 in [0, 1] (``scale`` = 1/255); stateless."""
+
+    def __init__(self, scale: float = 1 / 255):
+        self.scale = scale
+
+    def fit(self, X=None, y=None):
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        return np.multiply(np.asarray(X), np.float32(self.scale), dtype=np.float32)
+
+
+class ImageLoader(BaseEstimator, TransformerMixin):
+    """File paths (or uint8 arrays) -> list of uint8 arrays at ``width`` x ``height`` in ``color_mode``,
+    decoded exactly as the resize stage does."""
+
+    def __init__(self, width: int = 190, height: int = 190, color_mode: str = "gray", resample: str = "lanczos"):
+        self.width = width
+        self.height = height
+        self.color_mode = color_mode
+        self.resample = resample
+
+    def fit(self, X=None, y=None):
+        pil_mode(self.color_mode), resample_filter(self.resample)
+        return self
+
+    def _one(self, item) -> np.ndarray:
+        from PIL import Image
+
+        from imgclust.images import convert
+
+        if isinstance(item, (str, Path)):
+            return load_array(Path(item), self.color_mode, (self.width, self.height), self.resample)
+        array = np.asarray(item)
+        if array.dtype != np.uint8:
+            raise InputDataError(f"image arrays must be uint8 0-255, got {array.dtype}")
+        image = convert(Image.fromarray(array), self.color_mode)
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), resample_filter(self.resample))
+        return np.asarray(image, dtype=np.uint8)
+
+    def transform(self, X: Sequence) -> list[np.ndarray]:
+        return [self._one(item) for item in X]
+
+
+class PixelFeatures(BaseEstimator, TransformerMixin):
+    """Equal-size uint8 images -> flattened uint8 rows (scaled to [0, 1] later, when used)."""
+
+    def fit(self, X=None, y=None):
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        arrays = [np.asarray(a) for a in X]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise InputDataError(f"pixel features need images of one size, got shapes {sorted(shapes)}")
+        return np.stack(arrays).reshape(len(arrays), -1).astype(np.uint8, copy=False)

@@ -1,0 +1,53 @@
+"""The image-level MLflow model: image files or arrays in, cluster ids out.
+
+It wraps one scikit-learn ``Pipeline``: ImageLoader -> feature extractor -> [scale] -> [PCA] -> KMeans.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+
+
+def build_image_pipeline(loader, extractor, fitted_model):
+    """Prefix a fitted feature-level pipeline with the (stateless) loader and extractor."""
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline([("load", loader), ("features", extractor), *fitted_model.steps])
+
+
+def _as_items(model_input) -> list:
+    import pandas as pd
+
+    if isinstance(model_input, pd.DataFrame):
+        column = "path" if "path" in model_input.columns else model_input.columns[0]
+        return [str(p) for p in model_input[column]]
+    if isinstance(model_input, pd.Series):
+        return [str(p) for p in model_input]
+    if isinstance(model_input, (str, Path)):
+        return [str(model_input)]
+    if isinstance(model_input, np.ndarray) and model_input.dtype.kind in "UO":
+        return [str(p) for p in model_input.ravel()]
+    return list(model_input)
+
+
+class ImageClusterModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper. Input: a DataFrame with a ``path`` column (or a list of paths, or a list of
+    uint8 image arrays through ``unwrap_python_model().predict_images``). Output: cluster ids."""
+
+    def load_context(self, context):
+        import joblib
+
+        self.pipeline = joblib.load(context.artifacts["pipeline"])
+        weights = context.artifacts.get("weights")
+        if weights:
+            # a weights file travels with the model; point the extractor at this copy
+            self.pipeline.named_steps["features"].weights = weights
+
+    def predict_images(self, items) -> np.ndarray:
+        return np.asarray(self.pipeline.predict(items), dtype=np.int64)
+
+    def predict(self, context, model_input, params=None):
+        return self.predict_images(_as_items(model_input))

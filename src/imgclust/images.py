@@ -1,0 +1,91 @@
+"""Decoding images of any mode into 8-bit gray or RGB arrays, EXIF orientation applied."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from imgclust.errors import CorruptImageError, ParamError
+
+RESAMPLE_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+COLOR_MODES = {"gray": "L", "rgb": "RGB"}
+
+
+def resample_filter(name: str) -> Image.Resampling:
+    try:
+        return RESAMPLE_FILTERS[name]
+    except KeyError:
+        raise ParamError(
+            f"unknown resample filter {name!r}; use one of {', '.join(RESAMPLE_FILTERS)}"
+        ) from None
+
+
+def pil_mode(color_mode: str) -> str:
+    try:
+        return COLOR_MODES[color_mode]
+    except KeyError:
+        raise ParamError(f"unknown color mode {color_mode!r}; use 'gray' or 'rgb'") from None
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Map 16/32-bit integer and float images to 8 bits by their value range, not by clipping."""
+    array = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
+        array = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
+    elif image.mode.startswith("I;16") or array.max(initial=0) > 255:
+        # 16-bit data (also 16-bit PNGs that Pillow opens as mode "I"): 65535 -> 255
+        array = array / (65535.0 if array.max(initial=0) <= 65535 else array.max()) * 255.0
+    return Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+
+
+def convert(image: Image.Image, color_mode: str) -> Image.Image:
+    """Convert any Pillow mode (1, L, P, RGBA, LA, CMYK, I;16, I, F, ...) to 8-bit gray or RGB.
+
+    Transparent pixels are composited onto black, the background of an ultrasound frame.
+    """
+    target = pil_mode(color_mode)
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        image = _to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != target:
+        image = image.convert(target)
+    return image
+
+
+def open_image(path: Path, color_mode: str | None = None) -> Image.Image:
+    """Fully decode ``path`` with EXIF orientation applied; raise CorruptImageError naming it.
+
+    Pillow's decompression-bomb limit stays in force: a bomb is reported like a corrupt file.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptImageError(f"{path}: cannot decode image ({exc})", [str(path)]) from exc
+    return convert(image, color_mode) if color_mode else image
+
+
+def load_array(path: Path, color_mode: str, size: tuple[int, int] | None = None,
+               resample: str = "lanczos") -> np.ndarray:
+    """Decode ``path`` to a uint8 array (H, W) for gray or (H, W, 3) for rgb, optionally resized
+    to ``size`` = (width, height)."""
+    image = open_image(path, color_mode)
+    if size is not None and image.size != tuple(size):
+        image = image.resize(tuple(size), resample_filter(resample))
+    return np.asarray(image, dtype=np.uint8)

@@ -1,0 +1,33 @@
+"""Process-pool map with a progress bar, used by the image-heavy stages."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from tqdm import tqdm
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pmap(func: Callable, items: Sequence, *, desc: str, workers: int | None = None,
+         unit: str = "img", chunksize: int | None = None) -> list:
+    """``[func(x) for x in items]`` over a process pool, in order, with a tqdm bar.
+
+    Small inputs run in-process: a pool costs more to start than it saves.
+    """
+    workers = workers or default_workers()
+    bar = dict(total=len(items), desc=desc, unit=unit, disable=None, leave=False)
+    if workers <= 1 or len(items) < 32:
+        return [func(item) for item in tqdm(items, **bar)]
+    chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(func, items, chunksize=chunksize), **bar))
+
+
+def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

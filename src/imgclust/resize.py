@@ -1,0 +1,63 @@
+"""Resize every image of data/stripped to one size and color mode, in parallel."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import typer
+from PIL import Image
+
+from imgclust.errors import OutputCollisionError, ParamError
+from imgclust.fsutil import atomic_dir, class_folders, is_image_file, write_json
+from imgclust.images import load_array, pil_mode, resample_filter
+from imgclust.parallel import pmap
+
+
+def _resize_one(job: tuple[Path, Path], size: tuple[int, int], color_mode: str, resample: str) -> None:
+    source, target = job
+    array = load_array(source, color_mode, size, resample)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(target, format="PNG")
+
+
+def resize_images(in_dir: Path, out_dir: Path, width: int, height: int, color_mode: str = "gray",
+                  resample: str = "lanczos", workers: int | None = None) -> dict:
+    """Decode each image (EXIF orientation, any mode), convert to ``color_mode``, resize to
+    ``width`` x ``height`` and save it as PNG under the same relative path in ``out_dir``."""
+    if width < 1 or height < 1:
+        raise ParamError(f"resize.width and resize.height must be >= 1, got {width}x{height}.")
+    pil_mode(color_mode), resample_filter(resample)  # validate before any work
+    in_dir = Path(in_dir)
+    sources = [p for folder in class_folders(in_dir) for p in sorted(folder.rglob("*"))
+               if p.is_file() and is_image_file(p)]
+    targets: dict[Path, Path] = {}
+    for source in sources:
+        rel = source.relative_to(in_dir).with_suffix(".png")
+        if rel in targets:
+            raise OutputCollisionError(
+                f"{source} and {targets[rel]} would both be written as {rel}; rename one of them."
+            )
+        targets[rel] = source
+    counts: dict[str, int] = {}
+    with atomic_dir(out_dir) as tmp:
+        jobs = [(source, tmp / rel) for rel, source in targets.items()]
+        pmap(partial(_resize_one, size=(width, height), color_mode=color_mode, resample=resample),
+             jobs, desc="resize", workers=workers)
+        for rel in targets:
+            counts[rel.parts[0]] = counts.get(rel.parts[0], 0) + 1
+    return {"images_per_class": counts, "n_images": len(targets), "width": width,
+            "height": height, "mode": color_mode}
+
+
+def command(
+    src: Path = typer.Option(Path("data/stripped"), "--in", help="Input folder of class subfolders."),
+    out: Path = typer.Option(Path("data/resized"), help="Output folder."),
+    width: int = typer.Option(190, help="Output width in px."),
+    height: int = typer.Option(190, help="Output height in px."),
+    mode: str = typer.Option("gray", help="Output color mode: gray or rgb."),
+    resample: str = typer.Option("lanczos", help="Resampling filter: nearest, box, bilinear, hamming, bicubic, lanczos."),
+    workers: int = typer.Option(0, help="Worker processes (0: all cores)."),
+) -> None:
+    result = resize_images(src, out, width, height, mode, resample, workers or None)
+    typer.echo(f"resize: {result['n_images']} images -> {out} at {width}x{height} {mode}")
