@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -181,13 +182,24 @@ def build_backbone(backbone: str = "mobilenet", weights="imagenet", alpha: float
                              f" and weights {weights!r}: {exc}") from exc
 
     def load_file(model, file: Path):
-        try:
-            model.load_weights(str(file))
-        except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a mismatched file
-            raise WeightsUnavailableError(
+        def unusable(reason: str) -> WeightsUnavailableError:
+            return WeightsUnavailableError(
                 f"weights file {file} cannot be loaded into {backbone_label(backbone, alpha)} "
-                f"(headless, input {size[0]}x{size[1]}): {type(exc).__name__}: {str(exc).strip()[:300]}. "
-                f"It must hold weights saved from the same backbone without its top.") from exc
+                f"(headless, input {size[0]}x{size[1]}): {reason}. "
+                f"It must hold weights saved from the same backbone without its top.")
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model.load_weights(str(file))
+            except Exception as exc:  # Keras raises ValueError, OSError, KeyError... for a mismatched file
+                raise unusable(f"{type(exc).__name__}: {str(exc).strip()[:300]}") from exc
+        for warning in caught:
+            text = str(warning.message)
+            # never keep random weights silently where a file was named
+            if "freshly-initialized" in text or "could not be loaded" in text:
+                raise unusable(f"some layers would keep random weights ({text.strip()[:300]})")
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         return model
 
     if kind == "none":

@@ -1,0 +1,3 @@
+from imgclust.cli import app
+
+app()

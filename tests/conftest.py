@@ -1,0 +1,68 @@
+"""Shared fixtures: real images (generated, or from ../shared when present), a real Keras home."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KERAS_HOME = SHARED / "keras"
+BUSI_SAMPLE = SHARED / "datasets" / "busi-sample"
+BUSI256 = SHARED / "datasets" / "busi256"
+
+# Keras reads KERAS_HOME when it is first imported: set it before any test imports keras.
+if KERAS_HOME.is_dir():
+    os.environ.setdefault("KERAS_HOME", str(KERAS_HOME))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """A small synthetic BUSI-like dataset (read-only by convention: copy it before changing it)."""
+    from imgclust.synthesize import synthesize
+
+    out = tmp_path_factory.mktemp("synthetic") / "dataset"
+    synthesize(out, n_images=36, seed=0)
+    return out
+
+
+@pytest.fixture
+def busi_sample() -> Path:
+    if not BUSI_SAMPLE.is_dir():
+        pytest.skip("../shared/datasets/busi-sample not present")
+    return BUSI_SAMPLE
+
+
+@pytest.fixture
+def copy_of(tmp_path):
+    def _copy(src: Path, name: str = "src") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(src, dst)
+        return dst
+
+    return _copy
+
+
+def imgclust_bin() -> list[str]:
+    """The installed console script (the real CLI as users run it)."""
+    exe = Path(sys.executable).with_name("imgclust")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "imgclust"]
+
+
+@pytest.fixture
+def run_cli():
+    def _run(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True):
+        proc = subprocess.run([*imgclust_bin(), *args], cwd=cwd, capture_output=True, text=True,
+                              env={**os.environ, **(env or {})})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"imgclust {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return _run
