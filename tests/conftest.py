@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ KERAS_HOME = SHARED / "keras"
 BUSI_SAMPLE = SHARED / "datasets" / "busi-sample"
 BUSI256 = SHARED / "datasets" / "busi256"
 
-# Keras reads KERAS_HOME when it is first imported: set it before any test imports keras.
-if KERAS_HOME.is_dir():
-    os.environ.setdefault("KERAS_HOME", str(KERAS_HOME))
+# Keras reads KERAS_HOME when it is first imported, and writes a keras.json into it: point it,
+# before any test imports keras, at a private copy of the shared (read-only) Keras home.
+if KERAS_HOME.is_dir() and "KERAS_HOME" not in os.environ:
+    _keras_copy = Path(tempfile.mkdtemp(prefix="imgclust-keras-")) / "keras"
+    shutil.copytree(KERAS_HOME, _keras_copy)
+    os.environ["KERAS_HOME"] = str(_keras_copy)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 

@@ -13,6 +13,7 @@ from imgclust.featurize import load_features
 from imgclust.fsutil import read_csv, write_csv, write_json
 
 PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
+CLUSTER_CLASSES_ARTIFACT = "cluster_classes.json"
 
 
 def evaluate_model(pipeline, features: np.ndarray, index: list[dict], *, random_state: int = 0) -> dict:
@@ -34,6 +35,15 @@ def evaluate_model(pipeline, features: np.ndarray, index: list[dict], *, random_
             metrics[split] = clustering_metrics(clusters[rows], labels[rows], embedding[rows],
                                                 random_state=random_state)
     return {"clusters": clusters, "embedding": embedding, "labels": labels, "splits": splits, "metrics": metrics}
+
+
+def cluster_classes(result: dict) -> dict[str, str]:
+    """The class most represented in each cluster among TRAIN rows (JSON keys are strings)."""
+    from imgclust.metrics import cluster_class_mapping
+
+    train = result["splits"] == "train"
+    mapping = cluster_class_mapping(result["clusters"][train], result["labels"][train])
+    return {str(cluster): cls for cluster, cls in mapping.items()}
 
 
 def scatter_coordinates(embedding: np.ndarray, has_pca: bool) -> np.ndarray:
@@ -130,7 +140,8 @@ def command(
         params=params, metrics=flat_metrics,
         tags={**tracking.git_tags(Path.cwd()), **tracking.dvc_tags(), **tracking.dvc_lock_hashes(Path("dvc.lock")),
               "featurize.method": meta["method"]},
-        artifacts=[plots_dir, metrics_path, predictions_path], summary=summary,
+        artifacts=[plots_dir, metrics_path, predictions_path],
+        dicts={"summary.json": summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes(result)},
         model=pipeline, model_input_example=np.asarray(features[test_index[:2]]),
         image_pipeline=build_image_pipeline(loader, extractor, pipeline),
         image_example=[str(images / index[i]["file"]) for i in test_index[:2]],

@@ -39,15 +39,12 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
     Features are written batch by batch into a memory-mapped .npy, so memory stays bounded.
     """
     check_method(method)
-    extractor = PixelFeatures()
+    extractor = PixelFeatures().fit()
     if method == "cnn":
-        from imgclust.cnn import KerasFeatureExtractor, check_weights_available
+        from imgclust.cnn import KerasFeatureExtractor
 
-        cnn_params = dict(cnn_params or {})
-        # fail on missing weights before reading any image
-        check_weights_available(cnn_params.get("backbone", "mobilenet"), cnn_params.get("weights", "imagenet"),
-                                cnn_params.get("alpha", 1.0), cnn_params.get("input_size"))
-        extractor = KerasFeatureExtractor(**cnn_params, progress=False)
+        # fitting builds the backbone: missing weights fail here, before any image is read
+        extractor = KerasFeatureExtractor(**(cnn_params or {}), progress=False).fit()
     image_dir = Path(image_dir)
     rows = read_csv(manifest_csv)
     if not rows:
@@ -56,7 +53,6 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
     if missing:
         raise InputDataError(f"{len(missing)} image(s) of {manifest_csv} missing in {image_dir}, "
                              f"e.g. {missing[0]}; rerun the augment stage (dvc repro).")
-    extractor.fit()
     first = _load_stored(image_dir / rows[0]["path"])
     n_features = extractor.transform([first]).shape[1]
     dtype = np.uint8 if method == "pixels" else np.float32

@@ -12,10 +12,11 @@ import numpy as np
 
 
 def build_image_pipeline(loader, extractor, fitted_model):
-    """Prefix a fitted feature-level pipeline with the (stateless) loader and extractor."""
+    """Prefix a fitted feature-level pipeline with the loader and extractor (fitted here: they
+    learn nothing from data, fitting only validates them and builds the CNN)."""
     from sklearn.pipeline import Pipeline
 
-    return Pipeline([("load", loader), ("features", extractor), *fitted_model.steps])
+    return Pipeline([("load", loader.fit()), ("features", extractor.fit()), *fitted_model.steps])
 
 
 def _as_items(model_input) -> list:

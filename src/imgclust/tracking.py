@@ -147,7 +147,7 @@ def _installed(name: str) -> bool:
 
 
 def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], tags: dict[str, str],
-            artifacts: list[Path], summary: dict, model, model_input_example: np.ndarray,
+            artifacts: list[Path], dicts: dict[str, dict], model, model_input_example: np.ndarray,
             image_pipeline, image_example: list[str], weights_file: str | None = None,
             root: Path | None = None) -> dict:
     """Log one pipeline execution as one MLflow run and return {run_id, experiment_id, tracking_uri}.
@@ -156,6 +156,7 @@ def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], ta
     (pyfunc, image paths -> cluster) built from the same fitted estimators.
     """
     import tempfile
+    import warnings
 
     import joblib
     import mlflow
@@ -172,11 +173,14 @@ def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], ta
     experiment_id = get_or_create_experiment(experiment_name, artifact_root)
     with_keras = type(image_pipeline.named_steps["features"]).__name__ == "KerasFeatureExtractor"
     requirements = _pip_requirements(with_keras)
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run, warnings.catch_warnings():
+        # MLflow's advice on type hints and input examples does not apply to these models
+        warnings.simplefilter("ignore", UserWarning)
         flat = {k: ("null" if v is None else v) for k, v in flatten(params).items()}
         mlflow.log_params({k: str(v)[:6000] for k, v in flat.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        mlflow.log_dict(summary, "summary.json")
+        for name, content in dicts.items():
+            mlflow.log_dict(content, name)
         for path in artifacts:
             if Path(path).is_dir():
                 mlflow.log_artifacts(str(path), Path(path).name)

@@ -1,0 +1,98 @@
+"""Run the real pipeline (``dvc repro`` in a fresh temporary git + DVC copy of this project) on
+several datasets / protocols / feature methods and print a Markdown table of the figures.
+
+    python benchmarks/pipeline_figures.py                      # synthetic + busi256, both protocols
+    python benchmarks/pipeline_figures.py --only busi256 --methods pixels cnn
+
+Figures: feature matrix shape, ARI train/test, featurize throughput (images/s, from the stage's own
+wall time including process start-up), and the wall time of the whole ``dvc repro``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATASETS = {"synthetic": "data/synthetic", "busi256": str(SHARED / "datasets" / "busi256")}
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
+CNN = {"backbone": "mobilenet", "alpha": 0.25, "weights": "imagenet"}
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed in {cwd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return elapsed, proc.stdout
+
+
+def project(root: Path, source: str, protocol: str, method: str) -> None:
+    for name in PROJECT_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "src" / "imgclust", root / "src" / "imgclust", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["source"], params["protocol"] = source, protocol
+    params["featurize"]["method"] = method
+    params["featurize"]["cnn"].update(CNN)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def measure(dataset: str, protocol: str, method: str, env: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="imgclust-bench-") as tmp:
+        root = Path(tmp)
+        project(root, DATASETS[dataset], protocol, method)
+        for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+            run(cmd, root, env)
+        # upstream stages first, so that featurize is timed on its own
+        total, _ = run(["dvc", "repro", "augment"], root, env)
+        featurize_s, _ = run(["dvc", "repro", "featurize"], root, env)
+        rest, _ = run(["dvc", "repro"], root, env)
+        meta = json.loads((root / "data" / "features" / "meta.json").read_text())
+        metrics = json.loads((root / "metrics.json").read_text())
+    return {"dataset": dataset, "protocol": protocol, "method": method,
+            "shape": f"{meta['n_samples']} x {meta['n_features']}",
+            "ari_train": metrics["train"]["ari"], "ari_test": metrics.get("test", {}).get("ari", float("nan")),
+            "featurize_img_s": meta["n_samples"] / featurize_s, "featurize_s": featurize_s,
+            "total_s": total + featurize_s + rest}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="*", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--protocols", nargs="*", default=["honest", "tutorial"])
+    parser.add_argument("--methods", nargs="*", default=["pixels"])
+    args = parser.parse_args()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    env.setdefault("KERAS_HOME", str(SHARED / "keras"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    print("| dataset | protocol | features | matrix | ARI train | ARI test | featurize img/s | dvc repro s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dataset in args.only:
+        if dataset != "synthetic" and not Path(DATASETS[dataset]).is_dir():
+            print(f"<!-- {dataset}: {DATASETS[dataset]} not present, skipped -->")
+            continue
+        for protocol in args.protocols:
+            for method in args.methods:
+                r = measure(dataset, protocol, method, env)
+                label = "pixels + PCA(50)" if method == "pixels" else "MobileNet-0.25 + PCA(50)"
+                print(f"| {dataset} | {protocol} | {label} | {r['shape']} | {r['ari_train']:.3f} | "
+                      f"{r['ari_test']:.3f} | {r['featurize_img_s']:.0f} | {r['total_s']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

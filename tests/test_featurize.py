@@ -1,0 +1,241 @@
+"""featurize (pixels method): the feature matrix, its index and meta, load_features, and input errors.
+
+The data are real: the synthetic dataset run through the real ingest -> strip_masks -> resize (32x32)
+-> split -> augment stages, then featurize. (The cnn method is covered by tests/test_cnn.py.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclust.augment import augment
+from imgclust.errors import InputDataError, ParamError
+from imgclust.featurize import INDEX_FIELDS, check_method, featurize, load_features
+from imgclust.fsutil import read_csv, write_csv
+from imgclust.ingest import ingest
+from imgclust.resize import resize_images
+from imgclust.split import SPLIT_FIELDS, list_images, split_rows
+from imgclust.strip_masks import strip_masks
+
+SIZE = 32
+OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
+
+
+def build_augmented(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
+                    test_size: float = 0.25) -> dict[str, Path]:
+    """Run the real data stages on ``source`` into ``root``; return the paths featurize needs."""
+    root.mkdir(parents=True, exist_ok=True)
+    ingest(source, root / "raw", root / "raw.csv", workers=1)
+    strip_masks(root / "raw", root / "stripped", ["*_mask*.png"])
+    resize_images(root / "stripped", root / "resized", size, size, mode, "lanczos", workers=1)
+    write_csv(root / "split.csv", split_rows(list_images(root / "resized"), test_size, 0), SPLIT_FIELDS)
+    augment(root / "resized", root / "split.csv", root / "augmented", root / "augmented.csv",
+            protocol="honest", ops=OPS, target="max", seed=0, workers=1)
+    return {"images": root / "augmented", "manifest": root / "augmented.csv", "split": root / "split.csv"}
+
+
+@pytest.fixture(scope="module")
+def gray_data(synthetic_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("featurize_gray")
+    data = build_augmented(root, synthetic_dataset, "gray")
+    data["features"] = root / "features"
+    data["meta"] = featurize(data["images"], data["manifest"], data["features"], "pixels", batch_size=256)
+    return data
+
+
+@pytest.fixture(scope="module")
+def rgb_data(synthetic_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("featurize_rgb")
+    data = build_augmented(root, synthetic_dataset, "rgb")
+    data["features"] = root / "features"
+    # a batch size that does not divide the row count: batch boundaries must not shift rows
+    data["meta"] = featurize(data["images"], data["manifest"], data["features"], "pixels", batch_size=7)
+    return data
+
+
+# ---------------------------------------------------------------- the feature matrix
+
+
+@pytest.mark.parametrize("name, channels", [("gray_data", 1), ("rgb_data", 3)])
+def test_features_are_uint8_flattened_images_in_manifest_order(request, name, channels):
+    data = request.getfixturevalue(name)
+    manifest = read_csv(data["manifest"])
+    features = np.load(data["features"] / "features.npy")
+    assert features.dtype == np.uint8
+    assert features.shape == (len(manifest), SIZE * SIZE * channels)
+    assert len(manifest) > 36  # originals plus augmented copies
+    for row, vector in zip(manifest, features):
+        pixels = np.asarray(Image.open(data["images"] / row["path"]))
+        assert pixels.shape == ((SIZE, SIZE) if channels == 1 else (SIZE, SIZE, 3))
+        np.testing.assert_array_equal(vector, pixels.reshape(-1), err_msg=row["path"])
+
+
+def test_batch_size_does_not_change_the_features(gray_data, tmp_path):
+    meta = featurize(gray_data["images"], gray_data["manifest"], tmp_path / "f", "pixels", batch_size=5)
+    assert meta == gray_data["meta"]
+    np.testing.assert_array_equal(np.load(tmp_path / "f" / "features.npy"),
+                                  np.load(gray_data["features"] / "features.npy"))
+    assert (tmp_path / "f" / "index.csv").read_bytes() == (gray_data["features"] / "index.csv").read_bytes()
+
+
+@pytest.mark.parametrize("name", ["gray_data", "rgb_data"])
+def test_index_agrees_with_augmented_manifest(request, name):
+    data = request.getfixturevalue(name)
+    manifest = read_csv(data["manifest"])
+    with open(data["features"] / "index.csv", encoding="utf-8") as fh:
+        header = fh.readline().strip().split(",")
+    assert header == ["file", "class", "split", "source", "op"] == list(INDEX_FIELDS)
+    index = read_csv(data["features"] / "index.csv")
+    assert len(index) == len(manifest)
+    for entry, row in zip(index, manifest):
+        assert entry == {"file": row["path"], "class": row["class"], "split": row["split"],
+                         "source": row["source"], "op": row["op"]}
+    # honest protocol: every test row is an original, augmented copies are train only
+    assert {r["op"] for r in index if r["split"] == "test"} == {"none"}
+    assert any(r["op"] != "none" for r in index if r["split"] == "train")
+
+
+@pytest.mark.parametrize("name, shape, mode", [("gray_data", [SIZE, SIZE], "gray"),
+                                               ("rgb_data", [SIZE, SIZE, 3], "rgb")])
+def test_meta_json(request, name, shape, mode):
+    data = request.getfixturevalue(name)
+    meta = json.loads((data["features"] / "meta.json").read_text())
+    n = len(read_csv(data["manifest"]))
+    assert meta == {"method": "pixels", "n_samples": n, "n_features": int(np.prod(shape)), "dtype": "uint8",
+                    "image_shape": shape, "color_mode": mode, "extractor": {}}
+    assert meta == data["meta"]  # the returned dict is what was written
+
+
+def test_output_folder_holds_only_the_three_files(gray_data):
+    assert sorted(p.name for p in gray_data["features"].iterdir()) == ["features.npy", "index.csv", "meta.json"]
+    assert not list(gray_data["features"].parent.glob(".features.tmp-*"))
+
+
+# ---------------------------------------------------------------- load_features
+
+
+def test_load_features_memory_maps(gray_data):
+    features, index, meta = load_features(gray_data["features"])
+    assert isinstance(features, np.memmap)
+    assert not features.flags.writeable
+    assert features.dtype == np.uint8 and features.shape == (meta["n_samples"], meta["n_features"])
+    assert index == read_csv(gray_data["features"] / "index.csv")
+    assert meta == gray_data["meta"]
+
+    loaded, index2, meta2 = load_features(gray_data["features"], mmap=False)
+    assert not isinstance(loaded, np.memmap)
+    np.testing.assert_array_equal(loaded, features)
+    assert index2 == index and meta2 == meta
+
+
+def test_load_features_missing_folder(tmp_path):
+    with pytest.raises(InputDataError, match="featurize"):
+        load_features(tmp_path / "nowhere")
+
+
+def test_load_features_row_count_mismatch(gray_data, copy_of):
+    copy = copy_of(gray_data["features"], "features")
+    rows = read_csv(copy / "index.csv")
+    write_csv(copy / "index.csv", rows[:-1], INDEX_FIELDS)
+    with pytest.raises(InputDataError, match=rf"{len(rows)} feature rows but {len(rows) - 1} index rows"):
+        load_features(copy)
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("method, hint", [("pixel", "Did you mean 'pixels'?"), ("Pixels", "Did you mean 'pixels'?"),
+                                          ("cnnn", "Did you mean 'cnn'?")])
+def test_check_method_suggests_the_close_name(method, hint):
+    with pytest.raises(ParamError) as info:
+        check_method(method)
+    assert hint in str(info.value)
+    assert repr(method) in str(info.value) and "pixels, cnn" in str(info.value)
+
+
+def test_check_method_unknown_without_close_match():
+    with pytest.raises(ParamError) as info:
+        check_method("hog")
+    assert "Did you mean" not in str(info.value)
+    assert "use one of pixels, cnn" in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["pixels", "cnn"])
+def test_check_method_accepts_known_methods(method):
+    assert check_method(method) is None
+
+
+def test_featurize_unknown_method_writes_nothing(gray_data, tmp_path):
+    with pytest.raises(ParamError, match="Did you mean 'pixels'"):
+        featurize(gray_data["images"], gray_data["manifest"], tmp_path / "out", "pixel")
+    assert not (tmp_path / "out").exists()
+
+
+def test_featurize_missing_image(gray_data, copy_of, tmp_path):
+    images = copy_of(gray_data["images"], "augmented")
+    victim = read_csv(gray_data["manifest"])[3]["path"]
+    (images / victim).unlink()
+    out = tmp_path / "features"
+    with pytest.raises(InputDataError) as info:
+        featurize(images, gray_data["manifest"], out, "pixels")
+    assert victim in str(info.value) and "1 image(s)" in str(info.value)
+    assert not out.exists()
+
+
+def test_featurize_missing_image_keeps_previous_output(gray_data, copy_of):
+    images = copy_of(gray_data["images"], "augmented")
+    out = copy_of(gray_data["features"], "features")
+    before = (out / "features.npy").read_bytes()
+    (images / read_csv(gray_data["manifest"])[0]["path"]).unlink()
+    with pytest.raises(InputDataError):
+        featurize(images, gray_data["manifest"], out, "pixels")
+    assert (out / "features.npy").read_bytes() == before
+
+
+def test_featurize_missing_manifest(gray_data, tmp_path):
+    with pytest.raises(InputDataError, match="file not found"):
+        featurize(gray_data["images"], tmp_path / "nope.csv", tmp_path / "out", "pixels")
+
+
+def test_featurize_empty_manifest(gray_data, tmp_path):
+    write_csv(tmp_path / "empty.csv", [], ("path", "class", "split", "source", "op"))
+    with pytest.raises(InputDataError, match="lists no image"):
+        featurize(gray_data["images"], tmp_path / "empty.csv", tmp_path / "out", "pixels")
+
+
+def test_featurize_images_of_different_sizes(gray_data, copy_of, tmp_path):
+    images = copy_of(gray_data["images"], "augmented")
+    victim = read_csv(gray_data["manifest"])[-1]["path"]
+    Image.open(images / victim).resize((SIZE + 3, SIZE)).save(images / victim)
+    with pytest.raises(InputDataError, match="differ in shape"):
+        featurize(images, gray_data["manifest"], tmp_path / "out", "pixels", batch_size=8)
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_featurize_pixels(gray_data, tmp_path, run_cli):
+    out = tmp_path / "features"
+    proc = run_cli("featurize", "--in", str(gray_data["images"]), "--manifest", str(gray_data["manifest"]),
+                   "--out", str(out), "--method", "pixels", "--batch-size", "16")
+    n = gray_data["meta"]["n_samples"]
+    assert f"{n} x {SIZE * SIZE} uint8" in proc.stdout
+    np.testing.assert_array_equal(np.load(out / "features.npy"), np.load(gray_data["features"] / "features.npy"))
+    assert json.loads((out / "meta.json").read_text()) == gray_data["meta"]
+
+
+def test_cli_featurize_bad_method_exits_2(gray_data, tmp_path, run_cli):
+    out = tmp_path / "features"
+    proc = run_cli("featurize", "--in", str(gray_data["images"]), "--manifest", str(gray_data["manifest"]),
+                   "--out", str(out), "--method", "pixel", check=False)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "Did you mean 'pixels'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+

@@ -1,0 +1,152 @@
+"""strip_masks: copy data/raw without the segmentation masks (imgclust.strip_masks)."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgclust.errors import EmptyClassError, ImgclustError, ParamError
+from imgclust.strip_masks import is_mask, strip_masks
+
+DEFAULT = ["*_mask*.png"]
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def _png(path: Path, value: int = 0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((6, 8), value, np.uint8)).save(path)
+
+
+def _raw(root: Path) -> Path:
+    """Two classes named as in BUSI, with first, second and third masks."""
+    for cls in ("benign", "malignant"):
+        for i in (1, 2, 3):
+            _png(root / cls / f"{cls} ({i}).png", 10 * i)
+            _png(root / cls / f"{cls} ({i})_mask.png", 255)
+        _png(root / cls / f"{cls} (2)_mask_1.png", 255)
+    _png(root / "benign" / "benign (3)_mask_2.png", 255)
+    _png(root / "benign" / "benign (3)_mask_1.png", 255)
+    return root
+
+
+def test_masks_including_numbered_ones_are_stripped(tmp_path):
+    raw = _raw(tmp_path / "raw")
+    before = _tree_hashes(raw)
+    out = tmp_path / "stripped"
+    result = strip_masks(raw, out, DEFAULT)
+
+    assert _files(out) == {f"{cls}/{cls} ({i}).png" for cls in ("benign", "malignant") for i in (1, 2, 3)}
+    assert not [p for p in out.rglob("*") if fnmatch.fnmatch(p.name, "*_mask*.png")]
+    assert result["images_per_class"] == {"benign": 3, "malignant": 3}
+    assert result["masks_per_class"] == {"benign": 6, "malignant": 4}
+    assert (result["n_images"], result["n_masks"]) == (6, 10)
+    for rel in _files(out):
+        assert (out / rel).read_bytes() == (raw / rel).read_bytes()
+    assert _tree_hashes(raw) == before, "the raw folder is only read"
+
+
+def test_synthetic_dataset_keeps_every_image_and_drops_every_mask(tmp_path, synthetic_dataset):
+    before = _tree_hashes(synthetic_dataset)
+    out = tmp_path / "stripped"
+    result = strip_masks(synthetic_dataset, out, DEFAULT)
+    images = {rel for rel in before if "_mask" not in rel}
+    assert _files(out) == images
+    assert result["n_images"] == 36 and result["n_masks"] == len(before) - 36
+    assert _tree_hashes(synthetic_dataset) == before
+
+
+def test_busi_sample_counts(tmp_path, busi_sample):
+    before = _tree_hashes(busi_sample)
+    out = tmp_path / "stripped"
+    result = strip_masks(busi_sample, out, DEFAULT)
+    assert (result["n_images"], result["n_masks"]) == (63, 68)
+    assert result["images_per_class"] == {"benign": 22, "malignant": 21, "normal": 20}
+    assert result["masks_per_class"] == {"benign": 26, "malignant": 22, "normal": 20}
+    assert len(_files(out)) == 63
+    assert not [p for p in out.rglob("*") if "_mask" in p.name]
+    assert _tree_hashes(busi_sample) == before
+
+
+def test_class_of_only_masks_is_an_empty_class_error(tmp_path):
+    raw = _raw(tmp_path / "raw")
+    _png(raw / "normal" / "normal (1)_mask.png", 255)
+    _png(raw / "normal" / "normal (2)_mask_1.png", 255)
+    with pytest.raises(EmptyClassError) as info:
+        strip_masks(raw, tmp_path / "stripped", DEFAULT)
+    assert str(raw / "normal") in str(info.value)
+    assert "strip_masks.patterns" in str(info.value)
+    assert not (tmp_path / "stripped").exists(), "a failed stage leaves no partial output"
+
+
+def test_custom_patterns_are_case_insensitive_and_only_those_are_stripped(tmp_path):
+    raw = tmp_path / "raw"
+    _png(raw / "a" / "scan1.png")
+    _png(raw / "a" / "scan1_seg.png")
+    _png(raw / "a" / "SCAN2_SEG.PNG")
+    _png(raw / "a" / "scan1_mask.png")
+    _png(raw / "a" / "scan1_mask_1.png")
+    _png(raw / "a" / "outline-scan1.png")
+    result = strip_masks(raw, tmp_path / "out", ["*_seg.png", "*_mask.png", "outline-*"])
+    assert _files(tmp_path / "out") == {"a/scan1.png", "a/scan1_mask_1.png"}
+    assert result["masks_per_class"] == {"a": 4}
+    assert is_mask("X_MASK_2.PNG", DEFAULT) and not is_mask("x_mask.jpg", DEFAULT)
+
+
+def test_empty_pattern_list_is_a_param_error(tmp_path):
+    raw = _raw(tmp_path / "raw")
+    with pytest.raises(ParamError, match="strip_masks.patterns"):
+        strip_masks(raw, tmp_path / "out", [])
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_raw_folder_is_an_imgclust_error_naming_it(tmp_path):
+    missing = tmp_path / "data" / "raw"
+    with pytest.raises(ImgclustError) as info:
+        strip_masks(missing, tmp_path / "out", DEFAULT)
+    assert str(missing) in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_round_trip_with_repeated_patterns(tmp_path, run_cli):
+    raw = _raw(tmp_path / "raw")
+    _png(raw / "malignant" / "malignant (1)_seg.png", 255)
+    out, report = tmp_path / "stripped", tmp_path / "reports" / "strip.json"
+    proc = run_cli("strip-masks", "--raw", str(raw), "--out", str(out), "--report", str(report),
+                   "--pattern", "*_mask*.png", "--patterns", "*_seg.png")
+    assert "kept 6 images" in proc.stdout and "removed 11 masks" in proc.stdout
+    assert len(_files(out)) == 6 and not [p for p in out.rglob("*") if "_mask" in p.name or "_seg" in p.name]
+    data = json.loads(report.read_text())
+    assert data["masks_per_class"] == {"benign": 6, "malignant": 5}
+
+
+def test_cli_class_of_only_masks_exits_2(tmp_path, run_cli):
+    raw = _raw(tmp_path / "raw")
+    _png(raw / "normal" / "normal (1)_mask.png", 255)
+    proc = run_cli("strip-masks", "--raw", str(raw), "--out", str(tmp_path / "out"),
+                   "--report", str(tmp_path / "r.json"), check=False)
+    assert proc.returncode == 2
+    assert str(raw / "normal") in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_missing_raw_folder_exits_2_naming_it(tmp_path, run_cli):
+    missing = tmp_path / "data" / "raw"
+    proc = run_cli("strip-masks", "--raw", str(missing), "--out", str(tmp_path / "out"),
+                   "--report", str(tmp_path / "r.json"), check=False)
+    assert proc.returncode == 2, proc.stderr[-400:]
+    assert str(missing) in proc.stderr and "Traceback" not in proc.stderr

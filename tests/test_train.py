@@ -1,0 +1,265 @@
+"""train: build_and_fit (what PCA and KMeans are fitted on), check_params, and the ``imgclust train`` CLI.
+
+Real features: the synthetic dataset through ingest -> strip_masks -> resize (32x32 gray) -> split ->
+augment (honest) -> featurize (pixels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from imgclust.augment import augment
+from imgclust.errors import ParamError
+from imgclust.featurize import featurize, load_features
+from imgclust.fsutil import write_csv
+from imgclust.ingest import ingest
+from imgclust.resize import resize_images
+from imgclust.split import SPLIT_FIELDS, list_images, split_rows
+from imgclust.strip_masks import strip_masks
+from imgclust.train import SVD_SOLVERS, build_and_fit, check_params
+
+SIZE = 32
+OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
+
+
+def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
+                   test_size: float = 0.25) -> Path:
+    """Run the real data stages and featurize (pixels) on ``source``; return the features folder."""
+    ingest(source, root / "raw", root / "raw.csv", workers=1)
+    strip_masks(root / "raw", root / "stripped", ["*_mask*.png"])
+    resize_images(root / "stripped", root / "resized", size, size, mode, "lanczos", workers=1)
+    write_csv(root / "split.csv", split_rows(list_images(root / "resized"), test_size, 0), SPLIT_FIELDS)
+    augment(root / "resized", root / "split.csv", root / "augmented", root / "augmented.csv",
+            protocol="honest", ops=OPS, target="max", seed=0, workers=1)
+    featurize(root / "augmented", root / "augmented.csv", root / "features", "pixels")
+    return root / "features"
+
+
+@pytest.fixture(scope="module")
+def features_dir(synthetic_dataset, tmp_path_factory) -> Path:
+    return build_features(tmp_path_factory.mktemp("train"), synthetic_dataset)
+
+
+@pytest.fixture(scope="module")
+def data(features_dir):
+    features, index, meta = load_features(features_dir)
+    is_train = np.array([row["split"] == "train" for row in index])
+    assert 0 < is_train.sum() < len(index)
+    return features, is_train, meta
+
+
+def scaled(rows: np.ndarray) -> np.ndarray:
+    return np.asarray(rows, np.float32) * np.float32(1 / 255)
+
+
+# ---------------------------------------------------------------- build_and_fit
+
+
+def test_pca_is_fitted_on_train_rows_only(data):
+    features, is_train, _ = data
+    pipeline = build_and_fit(features, is_train, method="pixels", n_components=5)
+    assert list(pipeline.named_steps) == ["scale", "pca", "kmeans"]
+    pca = pipeline.named_steps["pca"]
+    train_mean = scaled(features[is_train]).mean(axis=0)
+    all_mean = scaled(features).mean(axis=0)
+    assert np.abs(train_mean - all_mean).max() > 1e-3  # the check below can tell the two apart
+    np.testing.assert_allclose(pca.mean_, train_mean, atol=1e-5)
+    assert not np.allclose(pca.mean_, all_mean, atol=1e-5)
+    assert pca.n_samples_ == int(is_train.sum())
+
+
+def test_pca_on_all_rows_when_asked(data):
+    features, is_train, _ = data
+    pipeline = build_and_fit(features, is_train, method="pixels", n_components=5, pca_on_all=True)
+    pca = pipeline.named_steps["pca"]
+    np.testing.assert_allclose(pca.mean_, scaled(features).mean(axis=0), atol=1e-5)
+    assert not np.allclose(pca.mean_, scaled(features[is_train]).mean(axis=0), atol=1e-5)
+    assert pca.n_samples_ == len(features)
+
+
+@pytest.mark.parametrize("pca_on_all", [False, True])
+def test_kmeans_is_fitted_on_train_rows_only(data, pca_on_all):
+    features, is_train, _ = data
+    pipeline = build_and_fit(features, is_train, method="pixels", n_components=5, pca_on_all=pca_on_all)
+    kmeans = pipeline.named_steps["kmeans"]
+    assert kmeans.labels_.shape == (int(is_train.sum()),)
+    np.testing.assert_array_equal(kmeans.labels_, pipeline.predict(features[is_train]))
+
+
+def test_kmeans_and_pca_parameters_are_honoured(data):
+    features, is_train, _ = data
+    pipeline = build_and_fit(features, is_train, method="pixels", n_components=7, whiten=True,
+                             svd_solver="full", n_clusters=4, n_init=3, random_state=11)
+    pca, kmeans = pipeline.named_steps["pca"], pipeline.named_steps["kmeans"]
+    assert (pca.n_components, pca.n_components_, pca.whiten, pca.svd_solver, pca.random_state) == \
+        (7, 7, True, "full", 11)
+    assert (kmeans.n_clusters, kmeans.n_init, kmeans.random_state) == (4, 3, 11)
+    assert kmeans.cluster_centers_.shape == (4, 7)
+    assert set(pipeline.predict(features).tolist()) <= {0, 1, 2, 3}
+    # whitened components have unit variance on the rows PCA was fitted on
+    embedding = pipeline[:-1].transform(features[is_train])
+    np.testing.assert_allclose(embedding.var(axis=0, ddof=1), 1.0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("n_components", [None, 0])
+def test_no_pca_step_without_components(data, n_components):
+    features, is_train, _ = data
+    pipeline = build_and_fit(features, is_train, method="pixels", n_components=n_components, n_clusters=3)
+    assert list(pipeline.named_steps) == ["scale", "kmeans"]
+    kmeans = pipeline.named_steps["kmeans"]
+    assert kmeans.cluster_centers_.shape == (3, features.shape[1])
+    assert kmeans.labels_.shape == (int(is_train.sum()),)
+
+
+def test_non_pixel_features_are_not_scaled(data):
+    features, is_train, _ = data
+    floats = np.asarray(features, np.float32)
+    pipeline = build_and_fit(floats, is_train, method="cnn", n_components=None, n_clusters=3)
+    assert list(pipeline.named_steps) == ["kmeans"]
+    assert pipeline.named_steps["kmeans"].labels_.shape == (int(is_train.sum()),)
+    with_pca = build_and_fit(floats, is_train, method="cnn", n_components=4)
+    assert list(with_pca.named_steps) == ["pca", "kmeans"]
+    np.testing.assert_allclose(with_pca.named_steps["pca"].mean_, floats[is_train].mean(axis=0), rtol=1e-4)
+
+
+def test_same_seed_same_model(data):
+    features, is_train, _ = data
+    a = build_and_fit(features, is_train, method="pixels", n_components=5, random_state=3, n_init=4)
+    b = build_and_fit(features, is_train, method="pixels", n_components=5, random_state=3, n_init=4)
+    np.testing.assert_array_equal(a.predict(features), b.predict(features))
+    np.testing.assert_array_equal(a.named_steps["kmeans"].cluster_centers_,
+                                  b.named_steps["kmeans"].cluster_centers_)
+    np.testing.assert_array_equal(a.named_steps["pca"].components_, b.named_steps["pca"].components_)
+
+
+def test_randomized_and_arpack_solvers_fit(data):
+    features, is_train, _ = data
+    for solver in ("randomized", "arpack", "covariance_eigh"):
+        pipeline = build_and_fit(features, is_train, method="pixels", n_components=3, svd_solver=solver)
+        assert pipeline.named_steps["pca"].components_.shape == (3, features.shape[1])
+
+
+# ---------------------------------------------------------------- check_params
+
+
+def test_check_params_accepts_limits():
+    assert check_params(20, 20, 100, 20, 20, "auto") is None
+    assert check_params(20, 10, 100, 19, 2, "arpack") is None
+    assert check_params(20, 10, 100, None, 10, "full") is None
+    for solver in SVD_SOLVERS:
+        assert check_params(30, 30, 8, 8 - (solver == "arpack"), 3, solver) is None
+
+
+def test_check_params_n_clusters_below_two():
+    with pytest.raises(ParamError, match=r"n_clusters must be >= 2, got 1"):
+        check_params(20, 20, 100, 5, 1, "auto")
+
+
+def test_check_params_more_clusters_than_train_images():
+    with pytest.raises(ParamError, match=r"n_clusters=11 exceeds the 10 train images"):
+        check_params(10, 10, 100, 5, 11, "auto")
+
+
+@pytest.mark.parametrize("n_fit, n_features, n_components, limit", [(20, 100, 21, 20), (50, 8, 9, 8)])
+def test_check_params_too_many_components(n_fit, n_features, n_components, limit):
+    with pytest.raises(ParamError) as info:
+        check_params(n_fit, n_fit, n_features, n_components, 3, "auto")
+    message = str(info.value)
+    assert f"n_components={n_components} is not in [1, {limit}]" in message
+    assert f"{n_fit} images x {n_features} features" in message and "set it to 0" in message
+
+
+def test_check_params_arpack_needs_one_component_less():
+    check_params(20, 20, 100, 19, 3, "arpack")
+    with pytest.raises(ParamError, match=r"not in \[1, 19\].*arpack"):
+        check_params(20, 20, 100, 20, 3, "arpack")
+
+
+def test_check_params_negative_components():
+    with pytest.raises(ParamError, match=r"n_components=-1"):
+        check_params(20, 20, 100, -1, 3, "auto")
+
+
+def test_check_params_unknown_solver():
+    with pytest.raises(ParamError) as info:
+        check_params(20, 20, 100, 5, 3, "lapack")
+    assert "'lapack'" in str(info.value) and ", ".join(SVD_SOLVERS) in str(info.value)
+
+
+def test_build_and_fit_limits_come_from_train_rows(data):
+    """Honest protocol: PCA sees only train rows, so its component limit is the train count."""
+    features, is_train, _ = data
+    n_train = int(is_train.sum())
+    with pytest.raises(ParamError, match=rf"not in \[1, {n_train}\]"):
+        build_and_fit(features, is_train, method="pixels", n_components=n_train + 1)
+    # the tutorial protocol fits PCA on all rows, so the same value is fine there
+    pipeline = build_and_fit(features, is_train, method="pixels", n_components=n_train + 1, pca_on_all=True)
+    assert pipeline.named_steps["pca"].n_components_ == n_train + 1
+    with pytest.raises(ParamError, match=rf"exceeds the {n_train} train images"):
+        build_and_fit(features, is_train, method="pixels", n_components=None, n_clusters=n_train + 1)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_train_writes_the_model(features_dir, data, tmp_path, run_cli):
+    features, is_train, _ = data
+    out = tmp_path / "models" / "model.joblib"
+    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), "--protocol", "honest",
+                   "--n-components", "6", "--svd-solver", "full", "--n-clusters", "3", "--n-init", "2",
+                   "--random-state", "5", "--whiten", "false")
+    assert f"scale -> pca -> kmeans on {int(is_train.sum())} train rows" in proc.stdout
+    model = joblib.load(out)
+    expected = build_and_fit(features, is_train, method="pixels", n_components=6, svd_solver="full",
+                             n_clusters=3, n_init=2, random_state=5)
+    np.testing.assert_array_equal(model.predict(features), expected.predict(features))
+    np.testing.assert_allclose(model.named_steps["pca"].mean_, scaled(features[is_train]).mean(axis=0), atol=1e-5)
+    assert model.named_steps["pca"].whiten is False
+
+
+def test_cli_train_zero_components_means_no_pca(features_dir, data, tmp_path, run_cli):
+    """params.yaml documents ``train.pca.n_components: 0`` as "no PCA"."""
+    features, is_train, _ = data
+    out = tmp_path / "model.joblib"
+    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), "--n-components", "0",
+                   "--n-clusters", "3", check=False)
+    assert proc.returncode == 0, proc.stderr
+    model = joblib.load(out)
+    assert list(model.named_steps) == ["scale", "kmeans"]
+    assert model.named_steps["kmeans"].cluster_centers_.shape == (3, features.shape[1])
+
+
+def test_cli_train_tutorial_protocol_fits_pca_on_all_rows(features_dir, data, tmp_path, run_cli):
+    features, _, _ = data
+    out = tmp_path / "model.joblib"
+    run_cli("train", "--features", str(features_dir), "--out", str(out), "--protocol", "tutorial",
+            "--n-components", "4", "--whiten", "true")
+    pca = joblib.load(out).named_steps["pca"]
+    assert pca.whiten is True
+    np.testing.assert_allclose(pca.mean_, scaled(features).mean(axis=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n-clusters", "1"], "n_clusters must be >= 2, got 1"),
+    (["--n-clusters", "500"], "n_clusters=500 exceeds the"),
+    (["--n-components", "5000"], "train.pca.n_components=5000 is not in [1, "),
+    (["--svd-solver", "lapack"], "unknown train.pca.svd_solver 'lapack'"),
+])
+def test_cli_train_bad_params_exit_2_without_model(features_dir, tmp_path, run_cli, args, message):
+    out = tmp_path / "model.joblib"
+    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), *args, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_train_missing_features_exit_2(tmp_path, run_cli):
+    proc = run_cli("train", "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "m.joblib"), check=False)
+    assert proc.returncode == 2
+    assert "run the featurize stage" in proc.stderr
+    assert not (tmp_path / "m.joblib").exists()
