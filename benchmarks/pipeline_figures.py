@@ -78,7 +78,10 @@ def main() -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
-    env.setdefault("KERAS_HOME", str(SHARED / "keras"))
+    if "KERAS_HOME" not in env and (SHARED / "keras").is_dir():
+        # Keras writes keras.json into its home: use a private copy of the read-only shared one
+        env["KERAS_HOME"] = str(Path(tempfile.mkdtemp(prefix="imgclust-keras-")) / "keras")
+        shutil.copytree(SHARED / "keras", env["KERAS_HOME"])
     env.pop("MLFLOW_TRACKING_URI", None)
     print("| dataset | protocol | features | matrix | ARI train | ARI test | featurize img/s | dvc repro s |")
     print("|---|---|---|---|---|---|---|---|")

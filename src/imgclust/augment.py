@@ -143,6 +143,10 @@ def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *
     split = read_csv(split_csv)
     if not split:
         raise InputDataError(f"{split_csv}: lists no image; rerun the split stage.")
+    missing = [row["path"] for row in split if not (in_dir / row["path"]).is_file()]
+    if missing:
+        raise InputDataError(f"{len(missing)} image(s) listed in {split_csv} are missing in {in_dir}, "
+                             f"e.g. {missing[0]}; rerun the split stage (dvc repro split).")
     with Image.open(in_dir / split[0]["path"]) as first:
         square = first.width == first.height
     if protocol == "honest":

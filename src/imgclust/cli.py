@@ -21,9 +21,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# command name -> module defining ``command``; modules are imported here, so they must stay cheap
+# command name -> module defining ``command`` (the pipeline stages, then the tools around runs); modules are imported here, so they must stay cheap
 # at import time (heavy libraries such as TensorFlow and MLflow are imported inside functions).
-STAGE_COMMANDS = {
+COMMANDS = {
     "synthesize": "imgclust.synthesize",
     "ingest": "imgclust.ingest",
     "strip-masks": "imgclust.strip_masks",
@@ -33,6 +33,10 @@ STAGE_COMMANDS = {
     "featurize": "imgclust.featurize",
     "train": "imgclust.train",
     "evaluate": "imgclust.evaluate",
+    "scan-k": "imgclust.kscan",
+    "compare": "imgclust.compare",
+    "register": "imgclust.registry",
+    "predict": "imgclust.predict",
 }
 
 
@@ -49,7 +53,7 @@ def _exits_cleanly(func):
 
 
 def _register() -> None:
-    for name, module_name in STAGE_COMMANDS.items():
+    for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         app.command(name, help=module.__doc__)(_exits_cleanly(module.command))
 

@@ -10,7 +10,8 @@ import yaml
 
 from imgclust.errors import InputDataError
 from imgclust.featurize import load_features
-from imgclust.fsutil import read_csv, write_csv, write_json
+from imgclust.fsutil import write_csv, write_json
+from imgclust.kscan import KIND_TAG
 
 PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
 CLUSTER_CLASSES_ARTIFACT = "cluster_classes.json"
@@ -139,12 +140,11 @@ def command(
         experiment_name=params.get("mlflow", {}).get("experiment_name", "imgclust"),
         params=params, metrics=flat_metrics,
         tags={**tracking.git_tags(Path.cwd()), **tracking.dvc_tags(), **tracking.dvc_lock_hashes(Path("dvc.lock")),
-              "featurize.method": meta["method"]},
+              "featurize.method": meta["method"], KIND_TAG: "pipeline"},
         artifacts=[plots_dir, metrics_path, predictions_path],
         dicts={"summary.json": summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes(result)},
         model=pipeline, model_input_example=np.asarray(features[test_index[:2]]),
         image_pipeline=build_image_pipeline(loader, extractor, pipeline),
-        image_example=[str(images / index[i]["file"]) for i in test_index[:2]],
         weights_file=weights if weights and Path(str(weights)).is_file() else None,
     )
     write_json(run_info, info)

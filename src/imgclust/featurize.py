@@ -10,7 +10,6 @@ import numpy as np
 import typer
 
 from imgclust.errors import InputDataError, ParamError
-from imgclust.features import PixelFeatures
 from imgclust.fsutil import atomic_dir, read_csv, write_csv
 from imgclust.images import open_image
 from imgclust.parallel import iter_batches
@@ -38,6 +37,8 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
 
     Features are written batch by batch into a memory-mapped .npy, so memory stays bounded.
     """
+    from imgclust.features import PixelFeatures
+
     check_method(method)
     extractor = PixelFeatures().fit()
     if method == "cnn":

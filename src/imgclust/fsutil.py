@@ -95,5 +95,11 @@ def is_image_file(path: Path) -> bool:
 
 
 def class_folders(root: Path) -> list[Path]:
-    """The visible subfolders of ``root``, sorted by name: one per class."""
-    return sorted(p for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The visible subfolders of ``root``, sorted by name: one per class. Symlinked folders are
+    not classes: nothing outside ``root`` is read through a link."""
+    from imgclust.errors import InputDataError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise InputDataError(f"{root}: folder not found; run the stage that writes it (dvc repro).")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))

@@ -49,16 +49,17 @@ def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
     if not source.is_dir():
         raise SourceError(f"{source}: not a folder. data.source must name a folder of class subfolders.")
     classes = class_folders(source)
+    ignored: list[str] = [p.name for p in source.iterdir() if p.is_symlink()]
     if not classes:
         raise SourceError(
             f"{source}: no class subfolders. Put each class's images in its own subfolder, "
             "e.g. source/benign/*.png, source/malignant/*.png."
         )
     files: dict[str, list[Path]] = {}
-    ignored: list[str] = []
     for folder in classes:
         found = []
-        for path in sorted(p for p in folder.rglob("*") if not p.is_dir()):
+        # rglob does not descend into symlinked folders; list those links (and file links) as ignored
+        for path in sorted(p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()):
             rel = path.relative_to(source).as_posix()
             if path.is_symlink() or not is_image_file(path):
                 ignored.append(rel)

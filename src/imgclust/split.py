@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from imgclust.errors import ParamError
+from imgclust.errors import InputDataError, ParamError
 from imgclust.fsutil import class_folders, is_image_file, write_csv
 
 SPLIT_FIELDS = ("path", "class", "split")
@@ -29,11 +29,14 @@ def split_rows(items: list[tuple[str, str]], test_size: float, seed: int, strati
         raise ParamError(f"split.test_size must be in [0, 1), got {test_size}.")
     if test_size == 0:
         return [{"path": p, "class": c, "split": "train"} for p, c in items]
+    if not items:
+        raise InputDataError("no image to split; check the resize stage's output folder.")
     labels = [c for _, c in items]
     if stratify:
         n_test = int(-(-test_size * len(items) // 1))  # sklearn rounds the test share up
         smallest = min(Counter(labels).values())
-        if smallest < 2 or n_test < len(set(labels)):
+        n_classes = len(set(labels))
+        if smallest < 2 or n_test < n_classes or len(items) - n_test < n_classes:
             raise ParamError(
                 f"cannot stratify {len(items)} images over {len(set(labels))} classes with "
                 f"split.test_size={test_size} (smallest class: {smallest}); raise test_size or add images."

@@ -7,6 +7,7 @@ where ``<project>`` is the main repository even when DVC runs an experiment in a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 import yaml
 
 LOCAL_STORE_DIR = "mlruns"
+MODEL_URI_TAG = "imgclust.{}_uri"
 DATA_STAGES_WITH_HASHES = ("ingest", "strip_masks", "resize", "split", "augment", "featurize")
 
 
@@ -33,6 +35,20 @@ def local_store(root: Path) -> tuple[str, str]:
     """(tracking URI, artifact root URI) of the project's local store."""
     store = Path(root) / LOCAL_STORE_DIR
     return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Serialise writers of a local SQLite store: parallel queued experiments would otherwise race
+    on creating its schema and experiment and on SQLite's single writer. No-op for servers."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    with FileLock(str(db.with_name(db.name + ".lock")), timeout=600):
+        yield
 
 
 def configure(root: Path | None = None) -> tuple[str, str | None]:
@@ -148,13 +164,23 @@ def _installed(name: str) -> bool:
 
 def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], tags: dict[str, str],
             artifacts: list[Path], dicts: dict[str, dict], model, model_input_example: np.ndarray,
-            image_pipeline, image_example: list[str], weights_file: str | None = None,
+            image_pipeline, weights_file: str | None = None,
             root: Path | None = None) -> dict:
     """Log one pipeline execution as one MLflow run and return {run_id, experiment_id, tracking_uri}.
 
     Two models are logged: ``model`` (mlflow.sklearn, features -> cluster) and ``image_model``
     (pyfunc, image paths -> cluster) built from the same fitted estimators.
     """
+    uri, artifact_root = configure(root)
+    with store_lock(uri):
+        return _log_run(uri, artifact_root, experiment_name=experiment_name, params=params, metrics=metrics,
+                        tags=tags, artifacts=artifacts, dicts=dicts, model=model,
+                        model_input_example=model_input_example, image_pipeline=image_pipeline,
+                        weights_file=weights_file)
+
+
+def _log_run(uri, artifact_root, *, experiment_name, params, metrics, tags, artifacts, dicts, model,
+             model_input_example, image_pipeline, weights_file) -> dict:
     import tempfile
     import warnings
 
@@ -169,7 +195,6 @@ def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], ta
     from imgclust.features import PixelScaler
     from imgclust.image_model import ImageClusterModel
 
-    uri, artifact_root = configure(root)
     experiment_id = get_or_create_experiment(experiment_name, artifact_root)
     with_keras = type(image_pipeline.named_steps["features"]).__name__ == "KerasFeatureExtractor"
     requirements = _pip_requirements(with_keras)
@@ -187,7 +212,7 @@ def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], ta
             elif Path(path).is_file():
                 mlflow.log_artifact(str(path))
         example = np.asarray(model_input_example)
-        mlflow.sklearn.log_model(
+        feature_model = mlflow.sklearn.log_model(
             model, name="model", signature=infer_signature(example, model.predict(example)),
             input_example=example, pip_requirements=requirements,
             code_paths=[str(Path(imgclust.__file__).parent)],
@@ -199,10 +224,13 @@ def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], ta
             model_artifacts = {"pipeline": str(pipeline_file)}
             if weights_file:
                 model_artifacts["weights"] = weights_file
-            frame = pd.DataFrame({"path": image_example})
-            mlflow.pyfunc.log_model(
+            frame = pd.DataFrame({"path": ["image.png"]})
+            image_model = mlflow.pyfunc.log_model(
                 name="image_model", python_model=ImageClusterModel(), artifacts=model_artifacts,
                 code_paths=[str(Path(imgclust.__file__).parent)], pip_requirements=requirements,
                 signature=infer_signature(frame, np.zeros(len(frame), dtype=np.int64)),
             )
+        # MLflow 3 stores models as logged models (models:/m-...); keep their URIs on the run
+        mlflow.set_tags({MODEL_URI_TAG.format("model"): feature_model.model_uri,
+                         MODEL_URI_TAG.format("image_model"): image_model.model_uri})
         return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}

@@ -10,7 +10,6 @@ import typer
 from imgclust.cliopts import bool_option
 from imgclust.errors import InputDataError, ParamError
 from imgclust.featurize import load_features
-from imgclust.features import PixelScaler
 
 SVD_SOLVERS = ("auto", "full", "covariance_eigh", "arpack", "randomized")
 
@@ -41,6 +40,8 @@ def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
+
+    from imgclust.features import PixelScaler
 
     is_train = np.asarray(is_train, dtype=bool)
     n_train = int(is_train.sum())

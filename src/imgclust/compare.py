@@ -1,0 +1,112 @@
+"""Compare the MLflow runs of the project's store: a sortable, filterable table."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from imgclust.errors import ParamError
+
+# column title -> MLflow field of search_runs' DataFrame
+COLUMNS = {
+    "run": "run_id",
+    "started": "start_time",
+    "dvc_exp": "tags.dvc_exp_name",
+    "method": "params.featurize.method",
+    "backbone": "params.featurize.cnn.backbone",
+    "protocol": "params.protocol",
+    "n_clusters": "params.train.kmeans.n_clusters",
+    "n_components": "params.train.pca.n_components",
+    "ari_train": "metrics.train_ari",
+    "ari_test": "metrics.test_ari",
+    "nmi_test": "metrics.test_nmi",
+    "acc_test": "metrics.test_cluster_accuracy",
+}
+METRIC_ALIASES = {"ari_train": "train_ari", "ari_test": "test_ari", "nmi_train": "train_nmi", "nmi_test": "test_nmi",
+                  "acc_train": "train_cluster_accuracy", "acc_test": "test_cluster_accuracy"}
+
+
+class Format(str, Enum):
+    table = "table"
+    csv = "csv"
+    markdown = "markdown"
+    json = "json"
+
+
+def metric_name(name: str) -> str:
+    """Accept both ``ari_test`` (table column) and ``test_ari`` (MLflow metric) spellings."""
+    return METRIC_ALIASES.get(name, name)
+
+
+def runs_table(experiment_name: str, filter_string: str = "", sort: str = "ari_test", ascending: bool = False,
+               limit: int | None = None, include_unfinished: bool = False):
+    """A pandas DataFrame of the pipeline runs of ``experiment_name``, one row per run; only runs
+    that finished unless ``include_unfinished``."""
+    import mlflow
+    import pandas as pd
+
+    experiment = mlflow.MlflowClient().get_experiment_by_name(experiment_name)
+    if experiment is None:
+        raise ParamError(f"no MLflow experiment {experiment_name!r} in {mlflow.get_tracking_uri()}; "
+                         "run the pipeline first (dvc repro) or pass --experiment.")
+    sort_column = sort if sort in COLUMNS else next(
+        (title for title, field in COLUMNS.items() if field == f"metrics.{metric_name(sort)}"), None)
+    if sort_column is None:
+        raise ParamError(f"cannot sort by {sort!r}; use one of {', '.join(COLUMNS)}.")
+    try:
+        clauses = [c for c in (filter_string, "tags.`imgclust.kind` = 'pipeline'",
+                               "" if include_unfinished else "attributes.status = 'FINISHED'") if c]
+        runs = mlflow.search_runs([experiment.experiment_id], filter_string=" and ".join(clauses))
+    except mlflow.exceptions.MlflowException as exc:
+        raise ParamError(f"bad --filter {filter_string!r}: {exc.message}") from None
+    table = pd.DataFrame({title: runs[field] if field in runs else None for title, field in COLUMNS.items()})
+    if len(table):
+        table["started"] = pd.to_datetime(table["started"]).dt.strftime("%Y-%m-%d %H:%M:%S")
+        table.loc[table["method"] != "cnn", "backbone"] = None  # only meaningful for CNN features
+    table = table.sort_values(sort_column, ascending=ascending, na_position="last", kind="stable")
+    return table.head(limit) if limit else table.reset_index(drop=True)
+
+
+def render(table, fmt: Format) -> str:
+    if fmt is Format.csv:
+        return table.to_csv(index=False)
+    if fmt is Format.json:
+        return table.to_json(orient="records", date_format="iso", indent=2)
+    if fmt is Format.markdown:
+        return _markdown(table)
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+def _markdown(table) -> str:
+    def cell(value) -> str:
+        if value is None or value != value:
+            return ""
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def command(
+    experiment: str = typer.Option("imgclust", help="MLflow experiment name (mlflow.experiment_name)."),
+    sort: str = typer.Option("ari_test", help=f"Column or metric to sort by: {', '.join(COLUMNS)}."),
+    ascending: bool = typer.Option(False, "--ascending", help="Sort ascending (default: descending)."),
+    filter_string: str = typer.Option("", "--filter", help="MLflow filter, e.g. \"params.featurize.method = 'cnn'\"."),
+    limit: int = typer.Option(0, help="Show at most this many runs (0: all)."),
+    include_unfinished: bool = typer.Option(False, "--all", help="Include failed and running runs."),
+    fmt: Format = typer.Option(Format.table, "--format", help="Output format."),
+    output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of the terminal."),
+) -> None:
+    from imgclust import tracking
+
+    tracking.configure()
+    text = render(runs_table(experiment, filter_string, sort, ascending, limit or None, include_unfinished), fmt)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+        typer.echo(f"compare: wrote {output}")
+    else:
+        typer.echo(text)
