@@ -130,9 +130,10 @@ def command(
             summary["reports"][report.stem] = json.loads(report.read_text())
     flat_metrics = {f"{split}_{name}": value for split, values in metrics.items()
                     for name, value in values.items() if value == value}  # drop NaN
-    resize = params.get("resize", {})
-    loader = ImageLoader(resize.get("width", 190), resize.get("height", 190), resize.get("mode", "gray"),
-                         resize.get("resample", "lanczos"))
+    # decode new images exactly as the training images were: their size and mode come from the
+    # features themselves, the resampling filter from the resize parameters
+    height, width = meta["image_shape"][:2]
+    loader = ImageLoader(width, height, meta["color_mode"], params.get("resize", {}).get("resample", "lanczos"))
     extractor = pipeline_extractor(meta)
     test_index = [i for i, r in enumerate(index) if r["split"] == "test"] or list(range(len(index)))
     weights = meta["extractor"].get("weights")

@@ -24,6 +24,9 @@ class PixelScaler(BaseEstimator, TransformerMixin):
     def fit(self, X=None, y=None):
         return self
 
+    def __sklearn_is_fitted__(self) -> bool:  # stateless: always ready
+        return True
+
     def transform(self, X) -> np.ndarray:
         return np.multiply(np.asarray(X), np.float32(self.scale), dtype=np.float32)
 
@@ -41,6 +44,9 @@ class ImageLoader(BaseEstimator, TransformerMixin):
     def fit(self, X=None, y=None):
         pil_mode(self.color_mode), resample_filter(self.resample)
         return self
+
+    def __sklearn_is_fitted__(self) -> bool:  # stateless: always ready
+        return True
 
     def _one(self, item) -> np.ndarray:
         from PIL import Image
@@ -66,6 +72,9 @@ class PixelFeatures(BaseEstimator, TransformerMixin):
 
     def fit(self, X=None, y=None):
         return self
+
+    def __sklearn_is_fitted__(self) -> bool:  # stateless: always ready
+        return True
 
     def transform(self, X) -> np.ndarray:
         arrays = [np.asarray(a) for a in X]

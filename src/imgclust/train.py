@@ -43,6 +43,7 @@ def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_
 
     from imgclust.features import PixelScaler
 
+    n_components = n_components or None  # 0 means no PCA, as in params.yaml
     is_train = np.asarray(is_train, dtype=bool)
     n_train = int(is_train.sum())
     n_fit_pca = len(features) if pca_on_all else n_train
