@@ -122,15 +122,19 @@ def plan_tutorial(images: list[tuple[str, str]], class_ops: dict[str, list[str]]
     return [dict(item, split=s["split"]) for item, s in zip(items, splits)]
 
 
-def _materialise(item: dict, in_dir: Path, out_dir: Path) -> None:
-    target = out_dir / item["path"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if item["op"] == "none":
-        shutil.copyfile(in_dir / item["source"], target)
-        return
-    with Image.open(in_dir / item["source"]) as image:
-        array = np.asarray(image)
-    Image.fromarray(apply_op(array, item["op"])).save(target, format="PNG")
+def _materialise(items: list[dict], in_dir: Path, out_dir: Path) -> None:
+    """Write every planned file of ONE source image, decoding the source at most once."""
+    array = None
+    for item in items:
+        target = out_dir / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if item["op"] == "none":
+            shutil.copyfile(in_dir / item["source"], target)
+            continue
+        if array is None:
+            with Image.open(in_dir / item["source"]) as image:
+                array = np.asarray(image)
+        Image.fromarray(apply_op(array, item["op"])).save(target, format="PNG")
 
 
 def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *, protocol: str = "honest",
@@ -159,7 +163,11 @@ def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *
             check_ops(cls_ops, square)
         plan = plan_tutorial([(r["path"], r["class"]) for r in split], class_ops, test_size, split_seed)
     with atomic_dir(out_dir) as tmp:
-        pmap(partial(_materialise, in_dir=in_dir, out_dir=tmp), plan, desc="augment", workers=workers)
+        by_source: dict[str, list[dict]] = defaultdict(list)
+        for item in plan:
+            by_source[item["source"]].append(item)
+        pmap(partial(_materialise, in_dir=in_dir, out_dir=tmp), list(by_source.values()), desc="augment",
+             unit="source", workers=workers)
     write_csv(manifest_path, plan, AUGMENTED_FIELDS)
     counts = Counter((row["split"], row["class"]) for row in plan)
     summary: dict = defaultdict(dict)

@@ -24,8 +24,9 @@ def evaluate_model(pipeline, features: np.ndarray, index: list[dict], *, random_
     protocol they include augmented copies, exactly as the seed recipe scored them.
     """
     from imgclust.metrics import clustering_metrics
+    from imgclust.train import embed
 
-    embedding = pipeline[:-1].transform(features) if len(pipeline.steps) > 1 else np.asarray(features, np.float32)
+    embedding = embed(pipeline, features)
     clusters = pipeline.steps[-1][1].predict(embedding)
     labels = np.array([row["class"] for row in index])
     splits = np.array([row["split"] for row in index])

@@ -12,7 +12,7 @@ import typer
 from imgclust.errors import InputDataError, ParamError
 from imgclust.fsutil import atomic_dir, read_csv, write_csv
 from imgclust.images import open_image
-from imgclust.parallel import iter_batches
+from imgclust.parallel import imap, iter_batches
 
 METHODS = ("pixels", "cnn")
 INDEX_FIELDS = ("file", "class", "split", "source", "op")
@@ -64,8 +64,10 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
                                            shape=(len(rows), n_features))
         with tqdm(total=len(rows), desc=f"featurize ({method})", unit="img", disable=None, leave=False) as bar:
             start = 0
+            # decoding runs in worker processes while this one extracts and writes
+            decoded = imap(_load_stored, [image_dir / r["path"] for r in rows])
             for batch in iter_batches(rows, batch_size):
-                arrays = [_load_stored(image_dir / r["path"]) for r in batch]
+                arrays = [next(decoded) for _ in batch]
                 shapes = {a.shape for a in arrays} | {first.shape}
                 if len(shapes) > 1:
                     raise InputDataError(f"images in {image_dir} differ in shape {sorted(shapes)}; rerun resize.")

@@ -21,15 +21,14 @@ def scan_k(features: np.ndarray, index: list[dict], ks: list[int], *, method: st
     from sklearn.metrics import adjusted_rand_score
 
     from imgclust.metrics import clustering_metrics
-    from imgclust.train import build_and_fit
+    from imgclust.train import build_and_fit, embed
 
     is_train = np.array([row["split"] == "train" for row in index])
     if not ks or min(ks) < 2 or max(ks) > int(is_train.sum()):
         raise ParamError(f"k must lie in [2, {int(is_train.sum())}] (train images), got {ks}.")
     base = build_and_fit(features, is_train, method=method, n_components=n_components, svd_solver=svd_solver,
                          n_clusters=min(ks), n_init=1, random_state=random_state, pca_on_all=pca_on_all)
-    transform = base[:-1]
-    embedding = transform.transform(features) if len(transform.steps) else np.asarray(features, np.float32)
+    embedding = embed(base, features)
     labels = np.array([row["class"] for row in index])
     rows = []
     for k in tqdm_range(ks):

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
@@ -26,6 +27,18 @@ def pmap(func: Callable, items: Sequence, *, desc: str, workers: int | None = No
     chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         return list(tqdm(pool.map(func, items, chunksize=chunksize), **bar))
+
+
+def imap(func: Callable, items: Sequence, *, workers: int | None = None, chunksize: int = 16) -> Iterator:
+    """Lazily yield ``func(x)`` for ``items`` in order, computed by a process pool (in-process for
+    small inputs), so the caller can consume results as they come."""
+    workers = workers or default_workers()
+    if workers <= 1 or len(items) < 32:
+        yield from map(func, items)
+        return
+    # spawn, not fork: the caller may already run TensorFlow threads, which a fork must not copy
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(func, items, chunksize=chunksize)
 
 
 def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:

@@ -8,6 +8,7 @@ Same ``--n-images`` and ``--seed`` give byte-identical files.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from PIL import Image
 
 from imgclust.errors import ParamError
 from imgclust.fsutil import atomic_dir
+from imgclust.parallel import pmap
 
 CLASS_FRACTIONS = {"benign": 0.56, "malignant": 0.27, "normal": 0.17}
 MIN_PER_CLASS = 2
@@ -188,22 +190,26 @@ def synthesize(out_dir: Path, n_images: int, seed: int) -> dict:
     if seed < 0:
         raise ParamError(f"synthesize.seed must be a non-negative integer, got {seed}")
     counts = class_counts(n_images)
-    n_masks = 0
     with atomic_dir(Path(out_dir)) as tmp:
-        for class_name, count in counts.items():
-            folder = tmp / class_name
-            folder.mkdir()
-            for index in range(1, count + 1):
-                gray, masks = _phantom(seed, class_name, index)
-                stem = f"{class_name} ({index})"
-                # RGB with three equal channels, like BUSI; level 3 is faster and smaller than 6 on speckle
-                rgb = np.repeat(gray[:, :, None], 3, axis=2)
-                Image.fromarray(rgb).save(folder / f"{stem}.png", compress_level=3)
-                for k, mask in enumerate(masks):
-                    suffix = "_mask" if k == 0 else f"_mask_{k}"
-                    Image.fromarray(mask.astype(np.uint8) * 255).save(folder / f"{stem}{suffix}.png")
-                    n_masks += 1
+        for class_name in counts:
+            (tmp / class_name).mkdir()
+        jobs = [(class_name, index) for class_name, count in counts.items() for index in range(1, count + 1)]
+        n_masks = sum(pmap(partial(_write_phantom, folder=tmp, seed=seed), jobs, desc="synthesize"))
     return {"images": counts, "masks": n_masks, "n_images": n_images, "seed": seed}
+
+
+def _write_phantom(job: tuple[str, int], folder: Path, seed: int) -> int:
+    """Write one image and its masks; return the number of masks."""
+    class_name, index = job
+    gray, masks = _phantom(seed, class_name, index)
+    stem = f"{class_name} ({index})"
+    # RGB with three equal channels, like BUSI; level 3 is faster and smaller than 6 on speckle
+    rgb = np.repeat(gray[:, :, None], 3, axis=2)
+    Image.fromarray(rgb).save(folder / class_name / f"{stem}.png", compress_level=3)
+    for k, mask in enumerate(masks):
+        suffix = "_mask" if k == 0 else f"_mask_{k}"
+        Image.fromarray(mask.astype(np.uint8) * 255).save(folder / class_name / f"{stem}{suffix}.png")
+    return len(masks)
 
 
 def command(

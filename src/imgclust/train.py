@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import typer
+from tqdm import tqdm
 
 from imgclust.cliopts import bool_option
 from imgclust.errors import InputDataError, ParamError
@@ -34,9 +35,19 @@ def check_params(n_fit_pca: int, n_train: int, n_features: int, n_components: in
 
 def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_components: int | None,
                   whiten: bool = False, svd_solver: str = "auto", n_clusters: int = 3, n_init: int = 10,
-                  random_state: int = 0, pca_on_all: bool = False):
+                  random_state: int = 0, pca_on_all: bool = False, scalable_threshold: int = 20000,
+                  batch_size: int = 2048):
     """Return a fitted ``Pipeline``. PCA is fitted on the train rows, or on all rows when
-    ``pca_on_all`` (the tutorial protocol, as the seed recipe did); KMeans always on train rows."""
+    ``pca_on_all`` (the tutorial protocol, as the seed recipe did); KMeans always on train rows.
+
+    From ``scalable_threshold`` rows on, PCA is an IncrementalPCA and KMeans a MiniBatchKMeans, both
+    fed ``batch_size`` rows at a time from the (memory-mapped) features, so memory stays bounded.
+    """
+    n_fit = len(features) if pca_on_all else int(np.count_nonzero(is_train))
+    if n_fit >= scalable_threshold > 0:
+        return _fit_in_batches(features, is_train, method=method, n_components=n_components or None,
+                               whiten=whiten, n_clusters=n_clusters, n_init=n_init, random_state=random_state,
+                               pca_on_all=pca_on_all, batch_size=batch_size)
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
@@ -63,6 +74,54 @@ def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_
     return pipeline
 
 
+def embed(pipeline, features: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+    """The clustering space (all steps but KMeans) of ``features``, computed batch by batch so that
+    memory-mapped features are never loaded whole."""
+    from imgclust.parallel import iter_batches
+
+    transform = pipeline[:-1] if len(pipeline.steps) > 1 else None
+    parts = [transform.transform(np.asarray(features[start:start + batch_size])) if transform
+             else np.asarray(features[start:start + batch_size], dtype=np.float32)
+             for start in range(0, len(features), batch_size)]
+    return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+
+
+def _fit_in_batches(features, is_train, *, method, n_components, whiten, n_clusters, n_init, random_state,
+                    pca_on_all, batch_size):
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.decomposition import IncrementalPCA
+    from sklearn.pipeline import Pipeline
+
+    from imgclust.features import PixelScaler
+    from imgclust.parallel import iter_batches
+
+    is_train = np.asarray(is_train, dtype=bool)
+    train_rows = np.flatnonzero(is_train)
+    pca_rows = np.arange(len(features)) if pca_on_all else train_rows
+    check_params(len(pca_rows), len(train_rows), features.shape[1], n_components, n_clusters, "auto")
+    if n_components and batch_size < n_components:
+        raise ParamError(f"train.scalable.batch_size={batch_size} must be >= train.pca.n_components={n_components}.")
+    steps = [("scale", PixelScaler())] if method == "pixels" else []
+    if n_components:
+        pca = IncrementalPCA(n_components=n_components, whiten=whiten, batch_size=batch_size)
+        # the last batch may be smaller than n_components, which partial_fit refuses: merge it
+        batches = list(iter_batches(pca_rows, batch_size))
+        if len(batches) > 1 and len(batches[-1]) < n_components:
+            batches[-2:] = [np.concatenate(batches[-2:])]
+        for rows in tqdm(batches, desc="train: incremental PCA", unit="batch", disable=None, leave=False):
+            chunk = np.asarray(features[rows])
+            pca.partial_fit(steps[0][1].transform(chunk) if steps else chunk)
+        steps.append(("pca", pca))
+    transform = Pipeline(steps) if steps else None
+    kmeans = MiniBatchKMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state,
+                             batch_size=batch_size)
+    pipeline = Pipeline(steps + [("kmeans", kmeans)])
+    # the train rows' embedding is small (n x n_components): cluster it in one go
+    kmeans.fit(np.concatenate([embed(pipeline, features[rows], batch_size)
+                               for rows in iter_batches(train_rows, batch_size)]))
+    return pipeline
+
+
 def command(
     features_dir: Path = typer.Option(Path("data/features"), "--features", help="featurize output folder."),
     out: Path = typer.Option(Path("models/model.joblib"), help="Fitted pipeline to write."),
@@ -73,6 +132,8 @@ def command(
     n_clusters: int = typer.Option(3, help="KMeans clusters."),
     n_init: int = typer.Option(10, help="KMeans initialisations."),
     random_state: int = typer.Option(0, help="Seed of PCA and KMeans."),
+    scalable_threshold: int = typer.Option(20000, help="Rows from which IncrementalPCA + MiniBatchKMeans are used (0: never)."),
+    batch_size: int = typer.Option(2048, help="Rows per batch for the scalable solvers."),
 ) -> None:
     import joblib
 
@@ -84,7 +145,8 @@ def command(
         raise InputDataError(f"{features_dir}: no train rows; check the split stage.")
     pipeline = build_and_fit(features, is_train, method=meta["method"], n_components=n_components or None,
                              whiten=whiten, svd_solver=svd_solver, n_clusters=n_clusters, n_init=n_init,
-                             random_state=random_state, pca_on_all=protocol == "tutorial")
+                             random_state=random_state, pca_on_all=protocol == "tutorial",
+                             scalable_threshold=scalable_threshold, batch_size=batch_size)
     with atomic_file(out) as tmp:
         joblib.dump(pipeline, tmp)
     typer.echo(f"train: {' -> '.join(pipeline.named_steps)} on {int(is_train.sum())} train rows -> {out}")
