@@ -69,7 +69,8 @@ def wait_for_queue(root: Path, timeout: float) -> dict[str, str]:
     deadline = time.monotonic() + timeout
     while True:
         tasks = queue_status(root)
-        if tasks and not {"Queued", "Running"} & set(tasks.values()):
+        assert tasks, sh("dvc", "queue", "status", cwd=root).stdout  # just queued: never empty
+        if not {"Queued", "Running"} & set(tasks.values()):
             return tasks
         if time.monotonic() > deadline:
             sh("dvc", "queue", "stop", "--kill", cwd=root, check=False)

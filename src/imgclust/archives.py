@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import posixpath
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
@@ -111,84 +111,92 @@ def _is_junk(name: str) -> bool:
     return name.replace("\\", "/").split("/", 1)[0] in ARCHIVER_JUNK
 
 
-def _refuse(archive: Path, member: str, reason: str) -> UnsafeArchiveError:
+def _refuse(archive: str, member: str, reason: str) -> UnsafeArchiveError:
     return UnsafeArchiveError(f"{archive}: member {member!r} refused ({reason}); nothing was extracted. "
                               "Rebuild the archive with relative paths inside one folder.")
 
 
-def _extract_zip(archive: Path, target: Path) -> None:
+def _extract_zip(archive: Path, target: Path, label: str) -> None:
     import zipfile
 
     with zipfile.ZipFile(archive) as zf:
         members = []
         for info in zf.infolist():
             if (reason := _unsafe_name(info.filename)) is not None:
-                raise _refuse(archive, info.filename, reason)
+                raise _refuse(label, info.filename, reason)
             if _is_junk(info.filename):
                 continue
             if stat.S_ISLNK(info.external_attr >> 16):
                 # zipfile would write a link as a small file holding its target: never extract it
                 link = zf.read(info).decode("utf-8", "replace")
                 if _link_leaves(posixpath.dirname(info.filename), link):
-                    raise _refuse(archive, info.filename, f"symlink to {link!r} leaves the extraction folder")
+                    raise _refuse(label, info.filename, f"symlink to {link!r} leaves the extraction folder")
                 continue
             members.append(info)
         zf.extractall(target, members)
 
 
-def _extract_tar(archive: Path, target: Path) -> None:
+def _extract_tar(archive: Path, target: Path, label: str) -> None:
     import tarfile
 
     with tarfile.open(archive, "r:*") as tar:
         members = []
         for member in tar.getmembers():
             if (reason := _unsafe_name(member.name)) is not None:
-                raise _refuse(archive, member.name, reason)
+                raise _refuse(label, member.name, reason)
             if _is_junk(member.name):
                 continue
             if member.issym() and _link_leaves(posixpath.dirname(member.name), member.linkname):
-                raise _refuse(archive, member.name, f"symlink to {member.linkname!r} leaves the extraction folder")
+                raise _refuse(label, member.name, f"symlink to {member.linkname!r} leaves the extraction folder")
             if member.islnk() and _link_leaves("", member.linkname):  # hard links name an archive path
-                raise _refuse(archive, member.name, f"hard link to {member.linkname!r} leaves the extraction folder")
+                raise _refuse(label, member.name, f"hard link to {member.linkname!r} leaves the extraction folder")
             if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-                raise _refuse(archive, member.name, "not a regular file, folder or link")
+                raise _refuse(label, member.name, "not a regular file, folder or link")
             members.append(member)
         # the 'data' filter (Python >= 3.11.4) re-checks all of the above, and drops modes and owners
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         try:
             tar.extractall(target, members, **extra)
         except tarfile.FilterError as exc:
-            raise _refuse(archive, exc.tarinfo.name, str(exc)) from exc
+            raise _refuse(label, exc.tarinfo.name, str(exc)) from exc
 
 
-def extract_archive(archive: Path, target: Path) -> Path:
+def extract_archive(archive: Path, target: Path, label: str | None = None) -> Path:
     """Extract a .zip/.tar.gz/.tgz into ``target`` after checking every member; return the dataset
     root: ``target``, or its one top-level folder when the archive wraps everything in one."""
     import tarfile
     import zipfile
+    import zlib
 
     archive, target = Path(archive), Path(target)
+    label = label or str(archive)  # what messages call the archive: its path or its URL
     target.mkdir(parents=True, exist_ok=True)
     try:
         if archive.name.lower().endswith(".zip"):
-            _extract_zip(archive, target)
+            _extract_zip(archive, target, label)
         else:
-            _extract_tar(archive, target)
-    except (zipfile.BadZipFile, tarfile.ReadError, EOFError) as exc:
-        raise SourceError(f"{archive}: not a readable archive ({exc}).") from exc
+            _extract_tar(archive, target, label)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+        raise SourceError(f"{label}: not a readable archive ({exc}).") from exc
     entries = [p for p in target.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
     return target
 
 
-@contextlib.contextmanager
-def source_folder(source: str | Path, sha256: str = "") -> Iterator[Path]:
-    """Yield a folder of class subfolders for ``source``.
+@dataclass(frozen=True)
+class ResolvedSource:
+    folder: Path                   # a folder of class subfolders
+    archive_sha256: str | None     # the verified archive's sha256; None for a folder source
 
-    A folder is yielded as is. A local archive is verified against ``sha256`` when one is given, a
+
+@contextlib.contextmanager
+def source_folder(source: str | Path, sha256: str = "") -> Iterator[ResolvedSource]:
+    """Resolve ``source`` to a folder of class subfolders.
+
+    A folder is used as is. A local archive is verified against ``sha256`` when one is given, a
     URL is downloaded and always verified; either is then extracted into a temporary folder that
-    is removed afterwards.
+    is removed on leaving the block.
     """
     text = str(source)
     if not is_archive(text):
@@ -197,25 +205,15 @@ def source_folder(source: str | Path, sha256: str = "") -> Iterator[Path]:
         if sha256:
             raise ParamError(f"{text}: data.sha256 is set but data.source is not an archive; "
                              "clear data.sha256 or point data.source at the archive.")
-        yield Path(source)
+        yield ResolvedSource(Path(source), None)
         return
     with tempfile.TemporaryDirectory(prefix="imgclust-source-") as workdir:
         if is_url(text):
-            archive = download(text, Path(workdir) / posixpath.basename(urlsplit(text).path), sha256)
+            archive = download(text, Path(workdir) / (posixpath.basename(urlsplit(text).path)), sha256)
+            actual = _normalise_sha256(sha256)
         else:
             archive = Path(source)
             if not archive.is_file():
                 raise SourceError(f"{archive}: archive not found. Set data.source to an existing archive or folder.")
-            verify_sha256(archive, sha256)
-        yield extract_archive(archive, Path(workdir) / "extracted")
-
-
-def archive_sha256(source: str | Path) -> str | None:
-    """The sha256 of a local archive source (for reports), None for folders and URLs."""
-    text = str(source)
-    return sha256_file(Path(text)) if is_archive(text) and not is_url(text) and Path(text).is_file() else None
-
-
-__all__ = ["ChecksumError", "UnsafeArchiveError", "download", "extract_archive", "is_archive", "is_url",
-           "source_folder", "verify_sha256"]
-_ = shutil  # noqa: F401  (kept for callers that copy extracted trees)
+            actual = verify_sha256(archive, sha256)
+        yield ResolvedSource(extract_archive(archive, Path(workdir) / "extracted", label=text), actual)

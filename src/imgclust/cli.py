@@ -37,6 +37,7 @@ COMMANDS = {
     "compare": "imgclust.compare",
     "register": "imgclust.registry",
     "predict": "imgclust.predict",
+    "reproduce": "imgclust.reproduce",
 }
 
 
@@ -50,6 +51,24 @@ def _exits_cleanly(func):
             raise typer.Exit(code=2) from exc
 
     return wrapper
+
+
+@app.callback()
+@_exits_cleanly
+def _check_params_file() -> None:
+    """Refuse an invalid ./params.yaml before any command runs, so no stage under `dvc repro` starts
+    work on bad parameters. Set IMGCLUST_SKIP_PARAMS_CHECK=1 to skip the check."""
+    import os
+    import sys
+    from pathlib import Path
+
+    params_file = Path("params.yaml")
+    # a subcommand's --help is not visible to this callback in click's context: look at argv
+    if os.environ.get("IMGCLUST_SKIP_PARAMS_CHECK") or not params_file.is_file() or "--help" in sys.argv[1:]:
+        return
+    from imgclust.params import load_params
+
+    load_params(params_file)
 
 
 def _register() -> None:

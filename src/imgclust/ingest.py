@@ -1,14 +1,18 @@
-"""Snapshot a folder of class subfolders into data/raw, with a manifest of every file."""
+"""Snapshot a folder of class subfolders (or an archive of one) into data/raw, with a manifest of every file."""
 
 from __future__ import annotations
 
 import shutil
+import warnings
+from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import typer
+from PIL import Image
 
+from imgclust.archives import source_folder
 from imgclust.cliopts import bool_option
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
 from imgclust.fsutil import atomic_dir, class_folders, is_image_file, sha256_file, write_csv, write_json
@@ -23,16 +27,31 @@ class IngestReport:
     images: dict[str, int] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     corrupt: list[dict] = field(default_factory=list)
+    duplicates_across_classes: list[dict] = field(default_factory=list)
+    source: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
+            "source": self.source,
             "files_per_class": self.images,
             "n_files": sum(self.images.values()),
             "n_ignored": len(self.ignored),
             "ignored": self.ignored,
             "n_corrupt_skipped": len(self.corrupt),
             "corrupt_skipped": self.corrupt,
+            "n_duplicates_across_classes": len(self.duplicates_across_classes),
+            "duplicates_across_classes": self.duplicates_across_classes,
         }
+
+
+def duplicates_across_classes(rows: list[dict]) -> list[dict]:
+    """Groups of byte-identical files (same sha256) found in more than one class: the same image
+    with two labels, which no clustering can score right (and which may leak across the split)."""
+    paths_by_hash: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        paths_by_hash[row["sha256"]].append(row["path"])
+    return [{"sha256": digest, "paths": sorted(paths)} for digest, paths in sorted(paths_by_hash.items())
+            if len({path.split("/", 1)[0] for path in paths}) > 1]
 
 
 def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
@@ -75,9 +94,14 @@ def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
 
 def _describe(path: Path, source: Path) -> dict:
     try:
-        image = open_image(path)
+        # Pillow only warns between its pixel limit and twice that; refuse those images too
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = open_image(path)
     except CorruptImageError as exc:
         return {"path": path.relative_to(source).as_posix(), "error": str(exc.__cause__ or exc)}
+    except Image.DecompressionBombWarning as exc:
+        return {"path": path.relative_to(source).as_posix(), "error": f"refused: {exc}"}
     return {
         "path": path.relative_to(source).as_posix(),
         "class": path.relative_to(source).parts[0],
@@ -88,26 +112,38 @@ def _describe(path: Path, source: Path) -> dict:
     }
 
 
-def ingest(source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool = False,
-           workers: int | None = None) -> IngestReport:
+def ingest(source: Path | str, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool = False,
+           workers: int | None = None, sha256: str = "") -> IngestReport:
     """Copy every decodable image of ``source`` into ``raw_dir`` and write its manifest.
 
+    ``source`` is a folder of class subfolders, or a .zip/.tar.gz/.tgz of one (a local path or an
+    http(s) URL), verified against ``sha256`` before extraction (required for URLs).
     Corrupt images fail the stage (listing every one) unless ``skip_corrupt``.
     """
-    source = Path(source)
+    with source_folder(source, sha256) as resolved:
+        report = _ingest_folder(resolved.folder, raw_dir, manifest_path, skip_corrupt=skip_corrupt,
+                                workers=workers, label=None if resolved.archive_sha256 is None else str(source))
+    report.source = {"source": str(source), "archive_sha256": resolved.archive_sha256}
+    return report
+
+
+def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool,
+                   workers: int | None, label: str | None) -> IngestReport:
+    """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
     files, ignored = scan_source(source)
     all_files = [path for paths in files.values() for path in paths]
     described = pmap(partial(_describe, source=source), all_files, desc="ingest", workers=workers)
     corrupt = [row for row in described if "error" in row]
     if corrupt and not skip_corrupt:
-        listing = "\n".join(f"  {source / row['path']}: {row['error']}" for row in corrupt)
+        named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
+        listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
         raise CorruptImageError(
-            f"{len(corrupt)} image(s) in {source} cannot be decoded:\n{listing}\n"
+            f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
             "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
-            [str(source / row["path"]) for row in corrupt],
+            named,
         )
     rows = [row for row in described if "error" not in row]
-    report = IngestReport(ignored=ignored, corrupt=corrupt)
+    report = IngestReport(ignored=ignored, corrupt=corrupt, duplicates_across_classes=duplicates_across_classes(rows))
     with atomic_dir(raw_dir) as tmp:
         for row in rows:
             target = tmp / row["path"]
@@ -119,17 +155,24 @@ def ingest(source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bo
 
 
 def command(
-    source: Path = typer.Option(..., help="Folder of class subfolders (data.source)."),
+    source: str = typer.Option(..., help="Folder of class subfolders, or a .zip/.tar.gz/.tgz of one: a path "
+                                         "or an http(s) URL (data.source)."),
+    sha256: str = typer.Option("", "--sha256", help="The archive's sha256 (data.sha256): required for a URL, "
+                                                    "verified before extraction when given."),
     out: Path = typer.Option(Path("data/raw"), help="Raw snapshot folder."),
     manifest: Path = typer.Option(Path("data/manifests/raw.csv"), help="Manifest CSV to write."),
     report: Path = typer.Option(Path("reports/ingest.json"), help="Stage report (counts, ignored, skipped)."),
     skip_corrupt: str = bool_option(False, "--skip-corrupt", help="Skip undecodable images instead of failing."),
 ) -> None:
-    result = ingest(source, out, manifest, skip_corrupt=skip_corrupt)
+    result = ingest(source, out, manifest, skip_corrupt=skip_corrupt, sha256=sha256)
     write_json(report, result.to_dict())
     summary = result.to_dict()
     typer.echo(
         f"ingest: {summary['n_files']} files from {source} into {out} "
         f"({', '.join(f'{k}: {v}' for k, v in sorted(result.images.items()))}); "
-        f"{summary['n_ignored']} non-image file(s) ignored, {summary['n_corrupt_skipped']} corrupt skipped"
+        f"{summary['n_ignored']} non-image file(s) ignored, {summary['n_corrupt_skipped']} corrupt skipped, "
+        f"{summary['n_duplicates_across_classes']} duplicate(s) across classes"
     )
+    for group in result.duplicates_across_classes:
+        typer.secho(f"warning: identical files in different classes: {', '.join(group['paths'])}",
+                    err=True, fg=typer.colors.YELLOW)

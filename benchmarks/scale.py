@@ -1,0 +1,144 @@
+"""Speed and memory of the imgclust pipeline against the naive seed approach, on the same images.
+
+    python benchmarks/scale.py --sizes 1000 20000          # synthetic datasets of these sizes
+    python benchmarks/scale.py --busi256                   # ../shared/datasets/busi256
+    python benchmarks/scale.py --sizes 100000 --model-only # featurize -> train -> evaluate only
+
+For each dataset a fresh temporary git + DVC copy of this project is made. The synthetic images are
+generated first (not timed); then every stage runs as ``dvc repro --single-item STAGE`` in its own
+measuring process, reporting wall time, images/s and the peak RSS of the stage's process tree.
+The naive approach (benchmarks/naive_seed.py) runs on the same source folder in the same run.
+Fixed start-up costs (interpreter + imports of the CLI, DVC's own start, MLflow import) are
+measured separately. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BUSI256 = REPO.parent / "shared" / "datasets" / "busi256"
+PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
+STAGES = ("ingest", "strip_masks", "resize", "split", "augment", "featurize", "train", "evaluate")
+MEASURE = """
+import resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+wall = time.perf_counter() - start
+if code.returncode:
+    sys.stderr.write(code.stderr[-3000:])
+    sys.exit(code.returncode)
+print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def measured(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MiB of the process tree) of ``cmd``."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
+    wall, rss_kib = out.stdout.split()
+    return float(wall), int(rss_kib) / 1024
+
+
+def make_project(root: Path, params: dict, env: dict) -> None:
+    for name in PROJECT_FILES:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    shutil.copytree(REPO / "src" / "imgclust", root / "src" / "imgclust", ignore=shutil.ignore_patterns("__pycache__"))
+    current = yaml.safe_load((root / "params.yaml").read_text())
+    for dotted, value in params.items():
+        node = current
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(current, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+
+
+def count_rows(path: Path) -> int:
+    with open(path) as fh:
+        return sum(1 for _ in fh) - 1
+
+
+def bench_dataset(label: str, params: dict, env: dict, stages: tuple[str, ...], naive: bool) -> list[str]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="imgclust-scale-") as tmp:
+        root = Path(tmp)
+        make_project(root, params, env)
+        if params.get("data.source", "data/synthetic") == "data/synthetic":
+            wall, _ = measured(["dvc", "repro", "--single-item", "synthesize"], root, env)
+            print(f"<!-- {label}: generated in {wall:.0f} s (not counted) -->", flush=True)
+        if stages[0] != "ingest":  # model-only: prepare the data stages without timing them
+            for stage in STAGES[:STAGES.index(stages[0])]:
+                measured(["dvc", "repro", "--single-item", stage], root, env)
+        total = 0.0
+        peak = 0.0
+        for stage in stages:
+            wall, rss = measured(["dvc", "repro", "--single-item", stage], root, env)
+            total += wall
+            peak = max(peak, rss)
+            n = count_rows(root / "data" / "manifests" / ("raw.csv" if stage in ("ingest", "strip_masks", "resize", "split")
+                                                          else "augmented.csv"))
+            rows.append(f"| {label} | imgclust: {stage} | {n} | {wall:.1f} | {n / wall:.0f} | {rss:.0f} |")
+            print(rows[-1], flush=True)
+        metrics = json.loads((root / "metrics.json").read_text())
+        rows.append(f"| {label} | **imgclust: all stages** | | **{total:.1f}** | | **{peak:.0f}** |")
+        print(rows[-1] + f" <!-- ARI train {metrics['train']['ari']:.3f} test {metrics['test']['ari']:.3f} -->", flush=True)
+        if naive:
+            source = params.get("data.source", str(root / "data" / "synthetic"))
+            source = source if Path(source).is_absolute() else str(root / source)
+            wall, rss = measured([sys.executable, str(REPO / "benchmarks" / "naive_seed.py"), source], root, env)
+            rows.append(f"| {label} | **naive seed script** | | **{wall:.1f}** | | **{rss:.0f}** |")
+            print(rows[-1] + f" <!-- speed-up {wall / total:.2f}x -->", flush=True)
+    return rows
+
+
+def startup_costs(env: dict) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, cmd in (("python + imgclust CLI import", ["imgclust", "--help"]),
+                           ("dvc start (`dvc --version`)", ["dvc", "--version"]),
+                           ("python + import mlflow", [sys.executable, "-c", "import mlflow"]),
+                           ("python + import keras/tensorflow", [sys.executable, "-c", "import keras"])):
+            wall, rss = measured(cmd, Path(tmp), env)
+            print(f"| fixed cost | {label} | | {wall:.1f} | | {rss:.0f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--busi256", action="store_true")
+    parser.add_argument("--model-only", action="store_true", help="time featurize, train, evaluate only")
+    parser.add_argument("--no-naive", action="store_true")
+    args = parser.parse_args()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    stages = STAGES[STAGES.index("featurize"):] if args.model_only else STAGES
+    print("| dataset | step | images | wall s | images/s | peak RSS MiB |")
+    print("|---|---|---|---|---|---|")
+    startup_costs(env)
+    if args.busi256 and BUSI256.is_dir():
+        bench_dataset("busi256", {"data.source": str(BUSI256)}, env, stages, not args.no_naive)
+    for size in args.sizes:
+        params = {"synthesize.n_images": size}
+        if args.model_only:
+            params["augment.target"] = 1  # no balancing copies: exactly `size` images reach featurize
+        bench_dataset(f"synthetic {size}", params, env, stages, not args.no_naive and not args.model_only)
+
+
+if __name__ == "__main__":
+    main()
