@@ -279,7 +279,7 @@ def test_compare_lists_pipeline_runs_sorted_and_filtered(sweep, tmp_path):
     k4 = [run_id for run_id, r in pipeline.items() if r["params"]["train.kmeans.n_clusters"] == "4"]
     markdown = cli("compare", "--filter", "params.train.kmeans.n_clusters = '4'", "--format", "markdown",
                    cwd=root).stdout.strip().splitlines()
-    assert markdown[0].startswith("| run | started | dvc_exp |") and markdown[1].startswith("|---|")
+    assert markdown[0].startswith("| run | started_utc | dvc_exp |") and markdown[1].startswith("|---|")
     assert len(markdown) == 2 + len(k4) == 3
     assert k4[0] in markdown[2] and "| 4 |" in markdown[2]
 

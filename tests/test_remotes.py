@@ -226,7 +226,7 @@ def test_clone_pulls_identical_outputs_then_the_new_version(history, s3, kind, m
     b = history["base"] / f"B-{kind}"
     sh("git", "clone", "-q", str(history["a"]), str(b), cwd=history["base"])
     sh("git", "reset", "-q", "--hard", history["v1"]["commit"], cwd=b)  # B took its copy at v1
-    assert not (b / "models").exists() and not (b / ".dvc" / "config.local").exists()
+    assert not (b / "models" / "model.joblib").exists() and not (b / ".dvc" / "config.local").exists()
 
     if kind == "folder":
         sh("dvc", "remote", "add", "--local", "folder", str(history["folder"]), cwd=b)

@@ -12,7 +12,7 @@ from imgclust.errors import ParamError
 # column title -> MLflow field of search_runs' DataFrame
 COLUMNS = {
     "run": "run_id",
-    "started": "start_time",
+    "started_utc": "start_time",
     "dvc_exp": "tags.dvc_exp_name",
     "method": "params.featurize.method",
     "backbone": "params.featurize.cnn.backbone",
@@ -63,7 +63,7 @@ def runs_table(experiment_name: str, filter_string: str = "", sort: str = "ari_t
         raise ParamError(f"bad --filter {filter_string!r}: {exc.message}") from None
     table = pd.DataFrame({title: runs[field] if field in runs else None for title, field in COLUMNS.items()})
     if len(table):
-        table["started"] = pd.to_datetime(table["started"]).dt.strftime("%Y-%m-%d %H:%M:%S")
+        table["started_utc"] = pd.to_datetime(table["started_utc"]).dt.strftime("%Y-%m-%d %H:%M:%S")
         table.loc[table["method"] != "cnn", "backbone"] = None  # only meaningful for CNN features
     table = table.sort_values(sort_column, ascending=ascending, na_position="last", kind="stable")
     return table.head(limit) if limit else table.reset_index(drop=True)
@@ -76,7 +76,7 @@ def render(table, fmt: Format) -> str:
         return table.to_json(orient="records", date_format="iso", indent=2)
     if fmt is Format.markdown:
         return _markdown(table)
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    return table.fillna("").to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
 def _markdown(table) -> str:

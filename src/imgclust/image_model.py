@@ -5,6 +5,7 @@ It wraps one scikit-learn ``Pipeline``: ImageLoader -> feature extractor -> [sca
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -34,21 +35,26 @@ def _as_items(model_input) -> list:
     return list(model_input)
 
 
-class ImageClusterModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper. Input: a DataFrame with a ``path`` column (or a list of paths, or a list of
-    uint8 image arrays through ``unwrap_python_model().predict_images``). Output: cluster ids."""
+# MLflow warns at class creation that predict() has no type hints; hints would make MLflow coerce
+# the input itself, and this model takes paths or arrays on purpose
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
 
-    def load_context(self, context):
-        import joblib
+    class ImageClusterModel(mlflow.pyfunc.PythonModel):
+        """pyfunc wrapper. Input: a DataFrame with a ``path`` column (or a list of paths, or a list of
+        uint8 image arrays through ``unwrap_python_model().predict_images``). Output: cluster ids."""
 
-        self.pipeline = joblib.load(context.artifacts["pipeline"])
-        weights = context.artifacts.get("weights")
-        if weights:
-            # a weights file travels with the model; point the extractor at this copy
-            self.pipeline.named_steps["features"].weights = weights
+        def load_context(self, context):
+            import joblib
 
-    def predict_images(self, items) -> np.ndarray:
-        return np.asarray(self.pipeline.predict(items), dtype=np.int64)
+            self.pipeline = joblib.load(context.artifacts["pipeline"])
+            weights = context.artifacts.get("weights")
+            if weights:
+                # a weights file travels with the model; point the extractor at this copy
+                self.pipeline.named_steps["features"].weights = weights
 
-    def predict(self, context, model_input, params=None):
-        return self.predict_images(_as_items(model_input))
+        def predict_images(self, items) -> np.ndarray:
+            return np.asarray(self.pipeline.predict(items), dtype=np.int64)
+
+        def predict(self, context, model_input, params=None):
+            return self.predict_images(_as_items(model_input))
