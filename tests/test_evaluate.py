@@ -17,16 +17,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclust.augment import augment
 from imgclust.evaluate import PREDICTION_FIELDS, evaluate_model, scatter_coordinates, thumbnails_by_cluster
 from imgclust.featurize import INDEX_FIELDS, featurize, load_features
 from imgclust.fsutil import read_csv, write_csv
-from imgclust.ingest import ingest
 from imgclust.metrics import METRIC_KEYS, clustering_metrics
-from imgclust.resize import resize_images
-from imgclust.split import SPLIT_FIELDS, list_images, split_rows
-from imgclust.strip_masks import strip_masks
 from imgclust.train import build_and_fit
+
+from conftest import run_data_stages
 
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
@@ -35,14 +32,9 @@ OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
 def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
                    test_size: float = 0.25) -> dict[str, Path]:
     """Run the real data stages and featurize (pixels) on ``source``; return the paths."""
-    ingest(source, root / "raw", root / "raw.csv", workers=1)
-    strip_masks(root / "raw", root / "stripped", ["*_mask*.png"])
-    resize_images(root / "stripped", root / "resized", size, size, mode, "lanczos", workers=1)
-    write_csv(root / "split.csv", split_rows(list_images(root / "resized"), test_size, 0), SPLIT_FIELDS)
-    augment(root / "resized", root / "split.csv", root / "augmented", root / "augmented.csv",
-            protocol="honest", ops=OPS, target="max", seed=0, workers=1)
-    featurize(root / "augmented", root / "augmented.csv", root / "features", "pixels")
-    return {"images": root / "augmented", "features": root / "features", "split": root / "split.csv"}
+    data = run_data_stages(root, source, mode, size, test_size)
+    featurize(data["images"], data["manifest"], root / "features", "pixels")
+    return {"images": data["images"], "features": root / "features", "split": data["split"]}
 
 
 @pytest.fixture(scope="module")

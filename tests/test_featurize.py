@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclust.augment import augment
 from imgclust.errors import InputDataError, ParamError
 from imgclust.featurize import INDEX_FIELDS, check_method, featurize, load_features
 from imgclust.fsutil import read_csv, write_csv
-from imgclust.ingest import ingest
-from imgclust.resize import resize_images
-from imgclust.split import SPLIT_FIELDS, list_images, split_rows
-from imgclust.strip_masks import strip_masks
+
+from conftest import run_data_stages
 
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
@@ -28,15 +25,7 @@ OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
 
 def build_augmented(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
                     test_size: float = 0.25) -> dict[str, Path]:
-    """Run the real data stages on ``source`` into ``root``; return the paths featurize needs."""
-    root.mkdir(parents=True, exist_ok=True)
-    ingest(source, root / "raw", root / "raw.csv", workers=1)
-    strip_masks(root / "raw", root / "stripped", ["*_mask*.png"])
-    resize_images(root / "stripped", root / "resized", size, size, mode, "lanczos", workers=1)
-    write_csv(root / "split.csv", split_rows(list_images(root / "resized"), test_size, 0), SPLIT_FIELDS)
-    augment(root / "resized", root / "split.csv", root / "augmented", root / "augmented.csv",
-            protocol="honest", ops=OPS, target="max", seed=0, workers=1)
-    return {"images": root / "augmented", "manifest": root / "augmented.csv", "split": root / "split.csv"}
+    return run_data_stages(root, source, mode, size, test_size)
 
 
 @pytest.fixture(scope="module")

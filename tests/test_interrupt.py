@@ -51,11 +51,13 @@ def _interrupt_mid_stage(proc: subprocess.Popen, out: Path, sig: int, timeout: f
     ``sig`` to its process group; return how many files the sibling held."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        written = [f for tmp in _tmp_siblings(out) for f in tmp.rglob("*.png")]
-        if written:
+        if any(f for tmp in _tmp_siblings(out) for f in tmp.rglob("*.png")):
+            os.killpg(proc.pid, signal.SIGSTOP)  # freeze the tree, so the count below is the state hit
+            written = sum(1 for tmp in _tmp_siblings(out) for _ in tmp.rglob("*.png"))
             os.killpg(proc.pid, sig)
+            os.killpg(proc.pid, signal.SIGCONT)  # a stopped process acts on SIGINT once continued
             proc.communicate(timeout=timeout)
-            return len(written)
+            return written
         if proc.poll() is not None:
             stdout, stderr = proc.communicate()
             raise AssertionError(f"finished (rc {proc.returncode}) before it could be interrupted:\n{stdout}\n{stderr}")
@@ -64,15 +66,25 @@ def _interrupt_mid_stage(proc: subprocess.Popen, out: Path, sig: int, timeout: f
     raise AssertionError("the stage never started writing")
 
 
-def _session_alive(sid: int) -> bool:
-    """Whether any process of session ``sid`` is still running (an orphaned worker would be)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+def _session_alive(sid: int, grace_s: float = 10) -> bool:
+    """Whether a process of session ``sid`` still runs after ``grace_s`` (an orphaned worker would);
+    killed processes take a moment to be reaped."""
+
+    def alive() -> bool:
+        for entry in Path("/proc").iterdir():
             try:
-                if os.getsid(int(entry.name)) == sid and (entry / "stat").read_text().split()[2] != "Z":
+                if entry.name.isdigit() and os.getsid(int(entry.name)) == sid \
+                        and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
                     return True
             except (ProcessLookupError, FileNotFoundError, PermissionError):
                 continue
+        return False
+
+    deadline = time.monotonic() + grace_s
+    while alive():
+        if time.monotonic() > deadline:
+            return True
+        time.sleep(0.05)
     return False
 
 

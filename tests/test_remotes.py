@@ -37,6 +37,8 @@ S3_URL = f"s3://{BUCKET}/store"
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
 SERVER_START_S = 90
 
+pytestmark = pytest.mark.slow
+
 
 # ----------------------------------------------------------------------- servers (shared with other tests)
 

@@ -12,15 +12,11 @@ import joblib
 import numpy as np
 import pytest
 
-from imgclust.augment import augment
 from imgclust.errors import ParamError
 from imgclust.featurize import featurize, load_features
-from imgclust.fsutil import write_csv
-from imgclust.ingest import ingest
-from imgclust.resize import resize_images
-from imgclust.split import SPLIT_FIELDS, list_images, split_rows
-from imgclust.strip_masks import strip_masks
 from imgclust.train import SVD_SOLVERS, build_and_fit, check_params
+
+from conftest import run_data_stages
 
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
@@ -29,13 +25,8 @@ OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
 def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
                    test_size: float = 0.25) -> Path:
     """Run the real data stages and featurize (pixels) on ``source``; return the features folder."""
-    ingest(source, root / "raw", root / "raw.csv", workers=1)
-    strip_masks(root / "raw", root / "stripped", ["*_mask*.png"])
-    resize_images(root / "stripped", root / "resized", size, size, mode, "lanczos", workers=1)
-    write_csv(root / "split.csv", split_rows(list_images(root / "resized"), test_size, 0), SPLIT_FIELDS)
-    augment(root / "resized", root / "split.csv", root / "augmented", root / "augmented.csv",
-            protocol="honest", ops=OPS, target="max", seed=0, workers=1)
-    featurize(root / "augmented", root / "augmented.csv", root / "features", "pixels")
+    data = run_data_stages(root, source, mode, size, test_size)
+    featurize(data["images"], data["manifest"], root / "features", "pixels")
     return root / "features"
 
 

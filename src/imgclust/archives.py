@@ -52,13 +52,13 @@ def _normalise_sha256(expected: str) -> str:
     return expected
 
 
-def verify_sha256(path: Path, expected: str, label: str | None = None) -> str:
+def verify_sha256(path: Path, expected: str) -> str:
     """The sha256 of ``path``; ChecksumError when ``expected`` is given and differs."""
     actual = sha256_file(path)
     expected = _normalise_sha256(expected)
     if expected and actual != expected:
         raise ChecksumError(
-            f"{label or path}: sha256 is {actual}, but data.sha256 is {expected}. The archive is not the "
+            f"{path}: sha256 is {actual}, but data.sha256 is {expected}. The archive is not the "
             "one expected (changed, truncated or tampered with); nothing was extracted. Fix data.sha256 "
             "only if you trust this file."
         )

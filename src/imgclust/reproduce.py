@@ -88,12 +88,15 @@ def parse_logged(value: str, current: object = None) -> object:
     Lists and dicts were logged as Python reprs, which ``ast.literal_eval`` reads exactly (a YAML
     parse would mangle backslashes in quoted strings); scalars go through ``yaml.safe_load`` (4 ->
     int, 0.1 -> float, False/false -> bool, null -> None). A key whose value in the commit's
-    params.yaml is a string stays a string, so e.g. a path named ``1.0`` is not turned into a float.
+    params.yaml is a string stays a string, so e.g. a path named ``1.0`` is not turned into a float;
+    ``null`` is None whatever the key held before (evaluate logs None so).
     """
     import ast
 
     import yaml
 
+    if value == "null":
+        return None
     if isinstance(current, str):
         return value
     if value[:1] in "[{(":
@@ -110,9 +113,8 @@ def parse_logged(value: str, current: object = None) -> object:
 def restore_params(base: dict, logged: dict[str, str]) -> tuple[dict, dict[str, tuple[object, object]]]:
     """``base`` (the commit's params.yaml) with every logged value that differs put back in place.
 
-    Returns the new nested params and {dotted key: (old, new)} of the keys that changed. Keys are
-    matched against the nested structure of ``base`` so that keys of nested dicts are found
-    whatever their depth; keys absent from ``base`` are created.
+    Returns the new nested params and {dotted key: (old, new)} of the keys that changed; keys
+    absent from ``base`` are created.
     """
     import copy
 
@@ -139,20 +141,14 @@ def _logged_form(value: object) -> str:
 
 
 def _set_dotted(params: dict, key: str, value: object) -> None:
+    """Set ``a.b.c`` in nested dicts, creating the missing levels (flatten joined keys with dots)."""
+    *parents, leaf = key.split(".")
     node = params
-    parts = key.split(".")
-    # the longest existing prefix wins, so a dotted YAML key such as "a.b" inside a dict is respected
-    i = 0
-    while i < len(parts) - 1:
-        for j in range(len(parts) - 1, i, -1):
-            name = ".".join(parts[i:j])
-            if isinstance(node.get(name), dict):
-                node, i = node[name], j
-                break
-        else:
-            node = node.setdefault(parts[i], {})
-            i += 1
-    node[".".join(parts[i:])] = value
+    for name in parents:
+        if not isinstance(node.get(name), dict):
+            node[name] = {}
+        node = node[name]
+    node[leaf] = value
 
 
 # ---------------------------------------------------------------------------------------- comparison
@@ -322,6 +318,8 @@ def reproduce_run(run_id: str, repo: str | None = None, workdir: Path | None = N
         raise ReproductionError(f"run {run_id} has no git_commit tag (it was not logged from a git "
                                 "repository), so its code cannot be checked out.")
     repo = repo or default_repo()
+    if Path(repo).exists():  # a local path: absolute, since git clone runs elsewhere
+        repo = str(Path(repo).resolve())
     workdir = _prepare_workdir(workdir, run_id)
 
     say(f"reproduce: cloning {repo} at {commit[:12]} into {workdir}")

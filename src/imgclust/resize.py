@@ -9,7 +9,7 @@ import typer
 from PIL import Image
 
 from imgclust.errors import OutputCollisionError, ParamError
-from imgclust.fsutil import atomic_dir, class_folders, is_image_file, write_json
+from imgclust.fsutil import atomic_dir, class_folders, is_image_file
 from imgclust.images import load_array, pil_mode, resample_filter
 from imgclust.parallel import pmap
 

@@ -77,7 +77,6 @@ def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_
 def embed(pipeline, features: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     """The clustering space (all steps but KMeans) of ``features``, computed batch by batch so that
     memory-mapped features are never loaded whole."""
-    from imgclust.parallel import iter_batches
 
     transform = pipeline[:-1] if len(pipeline.steps) > 1 else None
     parts = [transform.transform(np.asarray(features[start:start + batch_size])) if transform
@@ -112,7 +111,6 @@ def _fit_in_batches(features, is_train, *, method, n_components, whiten, n_clust
             chunk = np.asarray(features[rows])
             pca.partial_fit(steps[0][1].transform(chunk) if steps else chunk)
         steps.append(("pca", pca))
-    transform = Pipeline(steps) if steps else None
     kmeans = MiniBatchKMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state,
                              batch_size=batch_size)
     pipeline = Pipeline(steps + [("kmeans", kmeans)])
