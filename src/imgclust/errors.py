@@ -35,3 +35,11 @@ class InputDataError(ImgclustError):
 
 class WeightsUnavailableError(ImgclustError):
     """Pretrained weights could not be loaded (typically: offline and not cached)."""
+
+
+class ReproductionError(ImgclustError):
+    """A run cannot be re-run: no commit recorded, commit not in the repository, or a step failed."""
+
+
+class ReproductionMismatchError(ImgclustError):
+    """The re-run finished but its metrics or data hashes differ from the logged run's."""

@@ -13,20 +13,12 @@ from pathlib import Path
 
 import typer
 
-from imgclust.errors import ImgclustError, ParamError
+from imgclust.errors import ParamError, ReproductionError, ReproductionMismatchError
 
 DATA_TAG_PREFIX = "data."
 # variables that would make the reproduction log to (or resolve the store of) somewhere else
 SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "DVC_ROOT", "DVC_EXP_NAME",
                 "DVC_EXP_BASELINE_REV")
-
-
-class ReproductionError(ImgclustError):
-    """The run cannot be re-run: no commit recorded, commit not in the repository, or a step failed."""
-
-
-class ReproductionMismatchError(ImgclustError):
-    """The re-run finished but its metrics or data hashes differ from the logged run's."""
 
 
 @dataclasses.dataclass(frozen=True)
