@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -25,6 +26,21 @@ if KERAS_HOME.is_dir() and "KERAS_HOME" not in os.environ:
     os.environ["KERAS_HOME"] = str(_keras_copy)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every regular file under ``root`` (links are not followed)."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_datasets_unchanged():
+    """The read-only ../shared/datasets must hold the same bytes after the tests as before."""
+    root = SHARED / "datasets"
+    before = tree_hashes(root) if root.is_dir() else {}
+    yield
+    assert (tree_hashes(root) if root.is_dir() else {}) == before, "a test changed ../shared/datasets"
 
 
 @pytest.fixture(scope="session")

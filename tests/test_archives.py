@@ -20,11 +20,11 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import BUSI_SAMPLE, REPO
+from conftest import BUSI_SAMPLE
 from imgclust.archives import ChecksumError, UnsafeArchiveError, extract_archive, source_folder
 from imgclust.errors import ParamError, SourceError
 from imgclust.ingest import ingest
-from test_bad_inputs import shared_datasets_unchanged, tree_hashes  # noqa: F401  (autouse guard)
+from conftest import tree_hashes
 from test_pipeline_e2e import make_project, sh
 
 
@@ -301,12 +301,7 @@ def test_dvc_repro_from_a_local_archive(tmp_path, dataset):
     assert "modified" in sh("dvc", "status", "ingest", cwd=root).stdout
 
 
-HAS_SHA256_WIRING = "--sha256" in (REPO / "dvc.yaml").read_text()
-
-
 @pytest.mark.slow
-@pytest.mark.xfail(not HAS_SHA256_WIRING, strict=True,
-                   reason="dvc.yaml's ingest cmd does not pass --sha256 \"${data.sha256}\" yet")
 def test_dvc_repro_from_a_url_with_sha256(tmp_path, dataset, http_server):
     served, base = http_server
     archive = _zip(dataset, served / "dataset.zip")

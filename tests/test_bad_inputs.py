@@ -22,32 +22,17 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import SHARED
 from imgclust.augment import apply_op, augment
 from imgclust.errors import CorruptImageError, EmptyClassError
 from imgclust.ingest import ingest
 from imgclust.resize import resize_images
 from imgclust.split import SPLIT_FIELDS, list_images, split_rows
 from imgclust.strip_masks import strip_masks
+from conftest import tree_hashes
 from test_pipeline_e2e import make_project, sh
 
 MASK_PATTERNS = ["*_mask*.png"]
 SIZE = 32  # resize target in these tests: small keeps them fast, square allows every op
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under ``root`` (links are not followed)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def shared_datasets_unchanged():
-    """The read-only ../shared/datasets must hold the same bytes after the tests as before."""
-    root = SHARED / "datasets"
-    before = tree_hashes(root) if root.is_dir() else {}
-    yield
-    assert (tree_hashes(root) if root.is_dir() else {}) == before, "a test changed ../shared/datasets"
 
 
 # ------------------------------------------------------------------------------------------- corpus

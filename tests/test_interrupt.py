@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import imgclust_bin
 from imgclust import fsutil
-from test_bad_inputs import shared_datasets_unchanged, tree_hashes  # noqa: F401  (autouse guard)
+from conftest import tree_hashes
 from test_pipeline_e2e import _env, make_project, sh
 
 N_IMAGES = 300
@@ -128,8 +128,6 @@ def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_succeeds(
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
-@pytest.mark.xfail(not hasattr(fsutil, "remove_stale_tmp_siblings"), strict=True,
-                   reason="fsutil.atomic_dir does not yet remove .NAME.tmp-PID folders of dead processes")
 def test_stale_temporary_folders_of_killed_runs_are_cleaned(tmp_path):
     out = tmp_path / "resized"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -10,7 +10,6 @@ import yaml
 from conftest import REPO
 from imgclust.errors import ParamError
 from imgclust.params import BACKBONE_NAMES, load_params, validate_params
-from test_bad_inputs import shared_datasets_unchanged  # noqa: F401  (autouse guard of ../shared)
 from test_pipeline_e2e import make_project, sh
 
 

@@ -18,7 +18,6 @@ from imgclust.errors import ParamError
 from imgclust.fsutil import write_csv
 from imgclust.resize import resize_images
 from imgclust.split import SPLIT_FIELDS
-from test_bad_inputs import shared_datasets_unchanged  # noqa: F401  (autouse guard of ../shared)
 
 FAST = settings(max_examples=30, deadline=None)
 CLASSES = ("benign", "malignant", "normal")

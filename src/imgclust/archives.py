@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
-from imgclust.errors import ParamError, SourceError
+from imgclust.errors import ChecksumError, ParamError, SourceError, UnsafeArchiveError
 from imgclust.fsutil import sha256_file
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
@@ -25,14 +25,6 @@ URL_SCHEMES = ("http", "https")
 # folders that archivers add beside the data (macOS resource forks); never a class
 ARCHIVER_JUNK = ("__MACOSX",)
 DOWNLOAD_TIMEOUT_S = 60
-
-
-class ChecksumError(SourceError):
-    """An archive's sha256 differs from data.sha256."""
-
-
-class UnsafeArchiveError(SourceError):
-    """An archive member would be written outside the extraction folder, or is not a plain file."""
 
 
 def is_url(source: str) -> bool:

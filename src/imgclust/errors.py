@@ -43,3 +43,11 @@ class ReproductionError(ImgclustError):
 
 class ReproductionMismatchError(ImgclustError):
     """The re-run finished but its metrics or data hashes differ from the logged run's."""
+
+
+class ChecksumError(SourceError):
+    """An archive's sha256 differs from data.sha256."""
+
+
+class UnsafeArchiveError(SourceError):
+    """An archive member would be written outside the extraction folder, or is not a plain file."""

@@ -25,6 +25,28 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_tmp_siblings(path: Path) -> None:
+    """Remove ``.name.tmp-PID`` siblings of ``path`` left by killed runs (PID no longer alive).
+
+    A live PID's sibling is kept: that run may still be writing it.
+    """
+    prefix = f".{path.name}.tmp-"
+    for sibling in path.parent.iterdir():
+        pid = sibling.name[len(prefix):]
+        if sibling.name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
+            _remove(sibling)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds.
@@ -33,6 +55,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp_siblings(path)
     tmp = _tmp_sibling(path)
     _remove(tmp)
     tmp.mkdir()
@@ -50,6 +73,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling file path that is renamed onto ``path`` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp_siblings(path)
     tmp = _tmp_sibling(path)
     _remove(tmp)
     try:
