@@ -6,7 +6,8 @@
 
 For each dataset a fresh temporary git + DVC copy of this project is made. The synthetic images are
 generated first (not timed); then every stage runs as ``dvc repro --single-item STAGE`` in its own
-measuring process, reporting wall time, images/s and the peak RSS of the stage's process tree.
+measuring process, reporting wall time, images/s and peak RSS (of the largest process the stage
+started: DVC, the imgclust command or one of its workers).
 The naive approach (benchmarks/naive_seed.py) runs on the same source folder in the same run.
 Fixed start-up costs (interpreter + imports of the CLI, DVC's own start, MLflow import) are
 measured separately. Prints a Markdown table.
@@ -43,7 +44,7 @@ print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
 def measured(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB of the process tree) of ``cmd``."""
+    """(wall seconds, peak RSS in MiB of the largest process) of ``cmd``."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], cwd=cwd, env=env, capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")

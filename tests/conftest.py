@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -21,7 +22,9 @@ BUSI256 = SHARED / "datasets" / "busi256"
 # Keras reads KERAS_HOME when it is first imported, and writes a keras.json into it: point it,
 # before any test imports keras, at a private copy of the shared (read-only) Keras home.
 if KERAS_HOME.is_dir() and "KERAS_HOME" not in os.environ:
-    _keras_copy = Path(tempfile.mkdtemp(prefix="imgclust-keras-")) / "keras"
+    _keras_tmp = tempfile.mkdtemp(prefix="imgclust-keras-")
+    atexit.register(shutil.rmtree, _keras_tmp, ignore_errors=True)
+    _keras_copy = Path(_keras_tmp) / "keras"
     shutil.copytree(KERAS_HOME, _keras_copy)
     os.environ["KERAS_HOME"] = str(_keras_copy)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -149,7 +149,7 @@ def _extract_tar(archive: Path, target: Path, label: str) -> None:
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         try:
             tar.extractall(target, members, **extra)
-        except tarfile.FilterError as exc:
+        except getattr(tarfile, "FilterError", ()) as exc:  # the filter exists from Python 3.11.4
             raise _refuse(label, exc.tarinfo.name, str(exc)) from exc
 
 

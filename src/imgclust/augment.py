@@ -18,6 +18,7 @@ from PIL import Image
 
 from imgclust.errors import InputDataError, ParamError
 from imgclust.fsutil import atomic_dir, read_csv, write_csv, write_json
+from imgclust.images import open_image
 from imgclust.parallel import pmap
 from imgclust.split import split_rows
 
@@ -132,8 +133,7 @@ def _materialise(items: list[dict], in_dir: Path, out_dir: Path) -> None:
             shutil.copyfile(in_dir / item["source"], target)
             continue
         if array is None:
-            with Image.open(in_dir / item["source"]) as image:
-                array = np.asarray(image)
+            array = np.asarray(open_image(in_dir / item["source"]))
         Image.fromarray(apply_op(array, item["op"])).save(target, format="PNG")
 
 
@@ -144,15 +144,15 @@ def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *
     if protocol not in PROTOCOLS:
         raise ParamError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
     in_dir = Path(in_dir)
-    split = read_csv(split_csv)
+    split = read_csv(split_csv, required=("path", "class", "split"))
     if not split:
         raise InputDataError(f"{split_csv}: lists no image; rerun the split stage.")
     missing = [row["path"] for row in split if not (in_dir / row["path"]).is_file()]
     if missing:
         raise InputDataError(f"{len(missing)} image(s) listed in {split_csv} are missing in {in_dir}, "
                              f"e.g. {missing[0]}; rerun the split stage (dvc repro split).")
-    with Image.open(in_dir / split[0]["path"]) as first:
-        square = first.width == first.height
+    first = open_image(in_dir / split[0]["path"])
+    square = first.width == first.height
     if protocol == "honest":
         ops = list(ops or [])
         check_ops(ops, square)

@@ -6,7 +6,6 @@ pixels method never pays for TensorFlow.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import warnings
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from imgclust.errors import InputDataError, ParamError, WeightsUnavailableError
+from imgclust.errors import InputDataError, ParamError, WeightsUnavailableError, did_you_mean
 
 # name -> (keras.applications constructor, keras.applications preprocess module, default (h, w))
 BACKBONES: dict[str, tuple[str, str, tuple[int, int]]] = {
@@ -41,9 +40,8 @@ def check_backbone(backbone: str) -> tuple[str, str, tuple[int, int]]:
     try:
         return BACKBONES[backbone]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(backbone), list(BACKBONES), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ParamError(f"unknown CNN backbone {backbone!r}; use one of {', '.join(BACKBONES)}.{hint}") from None
+        raise ParamError(f"unknown CNN backbone {backbone!r}; use one of {', '.join(BACKBONES)}."
+                         f"{did_you_mean(backbone, BACKBONES)}") from None
 
 
 def backbone_label(backbone: str, alpha: float = 1.0) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from imgclust.errors import ParamError
+from imgclust.tracking import PIPELINE_RUNS
 
 # column title -> MLflow field of search_runs' DataFrame
 COLUMNS = {
@@ -55,11 +56,13 @@ def runs_table(experiment_name: str, filter_string: str = "", sort: str = "ari_t
         (title for title, field in COLUMNS.items() if field == f"metrics.{metric_name(sort)}"), None)
     if sort_column is None:
         raise ParamError(f"cannot sort by {sort!r}; use one of {', '.join(COLUMNS)}.")
+    clauses = [c for c in (filter_string, PIPELINE_RUNS,
+                           "" if include_unfinished else "attributes.status = 'FINISHED'") if c]
     try:
-        clauses = [c for c in (filter_string, "tags.`imgclust.kind` = 'pipeline'",
-                               "" if include_unfinished else "attributes.status = 'FINISHED'") if c]
         runs = mlflow.search_runs([experiment.experiment_id], filter_string=" and ".join(clauses))
     except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
         raise ParamError(f"bad --filter {filter_string!r}: {exc.message}") from None
     table = pd.DataFrame({title: runs[field] if field in runs else None for title, field in COLUMNS.items()})
     if len(table):
@@ -91,7 +94,7 @@ def _markdown(table) -> str:
 
 
 def command(
-    experiment: str = typer.Option("imgclust", help="MLflow experiment name (mlflow.experiment_name)."),
+    experiment: str = typer.Option(None, help="MLflow experiment (default: mlflow.experiment_name of params.yaml)."),
     sort: str = typer.Option("ari_test", help=f"Column or metric to sort by: {', '.join(COLUMNS)}."),
     ascending: bool = typer.Option(False, "--ascending", help="Sort ascending (default: descending)."),
     filter_string: str = typer.Option("", "--filter", help="MLflow filter, e.g. \"params.featurize.method = 'cnn'\"."),
@@ -103,7 +106,10 @@ def command(
     from imgclust import tracking
 
     tracking.configure()
-    text = render(runs_table(experiment, filter_string, sort, ascending, limit or None, include_unfinished), fmt)
+    with tracking.tracking_errors():
+        table = runs_table(tracking.experiment_name(experiment), filter_string, sort, ascending, limit or None,
+                           include_unfinished)
+    text = render(table, fmt)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)

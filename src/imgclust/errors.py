@@ -1,5 +1,13 @@
 """Exceptions raised by imgclust's core code. Only the CLI turns them into messages and exit codes."""
 
+import difflib
+
+
+def did_you_mean(value, choices) -> str:
+    """`` Did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
 
 class ImgclustError(Exception):
     """Base class: every expected failure carries a message that names the file and the fix."""
@@ -51,3 +59,7 @@ class ChecksumError(SourceError):
 
 class UnsafeArchiveError(SourceError):
     """An archive member would be written outside the extraction folder, or is not a plain file."""
+
+
+class TrackingError(ImgclustError):
+    """The MLflow tracking store or registry refused or could not be reached."""

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import typer
-import yaml
 
 from imgclust.errors import InputDataError
 from imgclust.featurize import load_features
 from imgclust.fsutil import write_csv, write_json
-from imgclust.kscan import KIND_TAG
 
 PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
 CLUSTER_CLASSES_ARTIFACT = "cluster_classes.json"
@@ -96,7 +94,9 @@ def command(
 
     if not model_path.is_file():
         raise InputDataError(f"{model_path}: not found; run the train stage (dvc repro train).")
-    params = yaml.safe_load(params_file.read_text()) if params_file.is_file() else {}
+    from imgclust.params import load_params
+
+    params = load_params(params_file)  # validated: all of it is logged
     pipeline = joblib.load(model_path)
     features, index, meta = load_features(features_dir)
     result = evaluate_model(pipeline, features, index)
@@ -142,7 +142,7 @@ def command(
         experiment_name=params.get("mlflow", {}).get("experiment_name", "imgclust"),
         params=params, metrics=flat_metrics,
         tags={**tracking.git_tags(Path.cwd()), **tracking.dvc_tags(), **tracking.dvc_lock_hashes(Path("dvc.lock")),
-              "featurize.method": meta["method"], KIND_TAG: "pipeline"},
+              "featurize.method": meta["method"], tracking.KIND_TAG: "pipeline"},
         artifacts=[plots_dir, metrics_path, predictions_path],
         dicts={"summary.json": summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes(result)},
         model=pipeline, model_input_example=np.asarray(features[test_index[:2]]),

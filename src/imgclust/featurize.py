@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 
 import numpy as np
 import typer
 
-from imgclust.errors import InputDataError, ParamError
+from imgclust.errors import InputDataError, ParamError, did_you_mean
 from imgclust.fsutil import atomic_dir, read_csv, write_csv
 from imgclust.images import open_image
 from imgclust.parallel import imap, iter_batches
@@ -21,9 +20,8 @@ FEATURES_FILE, INDEX_FILE, META_FILE = "features.npy", "index.csv", "meta.json"
 
 def check_method(method: str) -> None:
     if method not in METHODS:
-        close = difflib.get_close_matches(method, METHODS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ParamError(f"unknown featurize.method {method!r}; use one of {', '.join(METHODS)}.{hint}")
+        raise ParamError(f"unknown featurize.method {method!r}; use one of {', '.join(METHODS)}."
+                         f"{did_you_mean(method, METHODS)}")
 
 
 def _load_stored(path: Path) -> np.ndarray:
@@ -47,7 +45,7 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
         # fitting builds the backbone: missing weights fail here, before any image is read
         extractor = KerasFeatureExtractor(**(cnn_params or {}), progress=False).fit()
     image_dir = Path(image_dir)
-    rows = read_csv(manifest_csv)
+    rows = read_csv(manifest_csv, required=("path", "class", "split", "source", "op"))
     if not rows:
         raise InputDataError(f"{manifest_csv}: lists no image; rerun the augment stage.")
     missing = [r["path"] for r in rows if not (image_dir / r["path"]).is_file()]
@@ -93,8 +91,11 @@ def load_features(features_dir: Path, mmap: bool = True) -> tuple[np.ndarray, li
     if not path.is_file():
         raise InputDataError(f"{path}: not found; run the featurize stage (dvc repro featurize).")
     features = np.load(path, mmap_mode="r" if mmap else None)
-    index = read_csv(features_dir / INDEX_FILE)
-    meta = json.loads((features_dir / META_FILE).read_text())
+    index = read_csv(features_dir / INDEX_FILE, required=INDEX_FIELDS)
+    try:
+        meta = json.loads((features_dir / META_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{features_dir / META_FILE}: unreadable ({exc}); rerun featurize.") from None
     if len(index) != features.shape[0]:
         raise InputDataError(f"{features_dir}: {features.shape[0]} feature rows but {len(index)} index rows; "
                              "rerun featurize.")

@@ -91,14 +91,19 @@ def write_csv(path: Path, rows: Iterable[dict], fieldnames: Sequence[str]) -> No
         writer.writerows(rows)
 
 
-def read_csv(path: Path) -> list[dict]:
+def read_csv(path: Path, required: Sequence[str] = ()) -> list[dict]:
+    """Rows of a CSV manifest; ``required`` columns must be present."""
     from imgclust.errors import InputDataError
 
     path = Path(path)
     if not path.is_file():
         raise InputDataError(f"{path}: file not found; run the stage that writes it (dvc repro).")
     with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        missing = [name for name in required if name not in (reader.fieldnames or [])]
+        if missing:
+            raise InputDataError(f"{path}: missing column(s) {missing}; rerun the stage that writes it (dvc repro).")
+        return list(reader)
 
 
 def write_json(path: Path, data) -> None:

@@ -68,7 +68,8 @@ def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
     if not source.is_dir():
         raise SourceError(f"{source}: not a folder. data.source must name a folder of class subfolders.")
     classes = class_folders(source)
-    ignored: list[str] = [p.name for p in source.iterdir() if p.is_symlink()]
+    # files beside the class folders (README, LICENSE, a stray image) and links are not data
+    ignored: list[str] = sorted(p.name for p in source.iterdir() if p.is_symlink() or not p.is_dir())
     if not classes:
         raise SourceError(
             f"{source}: no class subfolders. Put each class's images in its own subfolder, "

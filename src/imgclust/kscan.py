@@ -11,8 +11,6 @@ from imgclust.errors import ParamError
 from imgclust.featurize import load_features
 from imgclust.fsutil import write_json
 
-KIND_TAG = "imgclust.kind"
-
 
 def scan_k(features: np.ndarray, index: list[dict], ks: list[int], *, method: str, n_components: int | None,
            svd_solver: str = "auto", n_init: int = 10, random_state: int = 0, pca_on_all: bool = False) -> list[dict]:
@@ -47,43 +45,58 @@ def tqdm_range(ks: list[int]):
     return tqdm(ks, desc="scan-k", unit="k", disable=None, leave=False)
 
 
+def log_scan(rows: list[dict], settings: dict, method: str, artifacts: list[Path], experiment: str | None) -> str:
+    """Log a k scan as one MLflow run (tag imgclust.kind=k_scan), a metric step per k; return its id."""
+    import mlflow
+
+    from imgclust import tracking
+
+    uri, artifact_root = tracking.configure()
+    with tracking.tracking_errors(), tracking.store_lock(uri):
+        experiment_id = tracking.get_or_create_experiment(tracking.experiment_name(experiment), artifact_root)
+        tags = {tracking.KIND_TAG: "k_scan", "featurize.method": method, **tracking.git_tags(Path.cwd())}
+        ks = [row["k"] for row in rows]
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"k-scan {min(ks)}-{max(ks)}", tags=tags) as run:
+            mlflow.log_params(settings)
+            for row in rows:  # one step per k, so the MLflow UI draws the curves over k
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "k" and v == v}, step=row["k"])
+            for path in artifacts:
+                mlflow.log_artifact(str(path))
+        return run.info.run_id
+
+
 def command(
     features_dir: Path = typer.Option(Path("data/features"), "--features", help="featurize output folder."),
     k_min: int = typer.Option(2, help="Smallest k."),
     k_max: int = typer.Option(8, help="Largest k."),
-    protocol: str = typer.Option("honest", help="honest or tutorial (PCA fitted on all rows)."),
-    n_components: int = typer.Option(50, help="PCA components (0: no PCA)."),
-    n_init: int = typer.Option(10, help="KMeans initialisations per k."),
-    random_state: int = typer.Option(0, help="Seed of PCA and KMeans."),
+    params_file: Path = typer.Option(Path("params.yaml"), "--params",
+                                     help="protocol and train.* settings are taken from here (when it exists)."),
     out: Path = typer.Option(Path("reports/k_scan.json"), help="Table of figures per k."),
-    plot: Path = typer.Option(Path("plots/k_scan.png"), help="Elbow / silhouette plot."),
-    experiment: str = typer.Option("imgclust", help="MLflow experiment to log the scan to."),
+    plot: Path = typer.Option(Path("reports/k_scan.png"), help="Elbow / silhouette plot."),
+    experiment: str = typer.Option(None, help="MLflow experiment (default: mlflow.experiment_name of params.yaml)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the scan as an MLflow run."),
 ) -> None:
-    from imgclust import plots, tracking
+    from imgclust import plots
+    from imgclust.params import load_params
 
+    # the same model settings as the train stage, so the scan explores the model that is trained
+    params = load_params(params_file) if params_file.is_file() else {}
+    train = params.get("train", {})
+    settings = {"protocol": params.get("protocol", "honest"),
+                "n_components": train.get("pca", {}).get("n_components", 50),
+                "svd_solver": train.get("pca", {}).get("svd_solver", "auto"),
+                "n_init": train.get("kmeans", {}).get("n_init", 10),
+                "random_state": train.get("kmeans", {}).get("random_state", 0)}
     features, index, meta = load_features(features_dir)
     rows = scan_k(features, index, list(range(k_min, k_max + 1)), method=meta["method"],
-                  n_components=n_components or None, n_init=n_init, random_state=random_state,
-                  pca_on_all=protocol == "tutorial")
+                  n_components=settings["n_components"] or None, svd_solver=settings["svd_solver"],
+                  n_init=settings["n_init"], random_state=settings["random_state"],
+                  pca_on_all=settings["protocol"] == "tutorial")
     write_json(out, [{k: (None if v != v else v) for k, v in row.items()} for row in rows])
     plots.plot_k_scan([r["k"] for r in rows], [r["inertia"] for r in rows], [r["silhouette"] for r in rows],
                       [r["ari_train"] for r in rows], plot)
     for row in rows:
         typer.echo("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-    if not mlflow_log:
-        return
-    import mlflow
-
-    uri, artifact_root = tracking.configure()
-    with tracking.store_lock(uri):
-        experiment_id = tracking.get_or_create_experiment(experiment, artifact_root)
-        tags = {KIND_TAG: "k_scan", "featurize.method": meta["method"], **tracking.git_tags(Path.cwd())}
-        with mlflow.start_run(experiment_id=experiment_id, run_name=f"k-scan {k_min}-{k_max}", tags=tags) as run:
-            mlflow.log_params({"k_min": k_min, "k_max": k_max, "protocol": protocol, "n_components": n_components,
-                               "n_init": n_init, "random_state": random_state})
-            for row in rows:  # one step per k, so the MLflow UI draws the curves over k
-                mlflow.log_metrics({k: v for k, v in row.items() if k != "k" and v == v}, step=row["k"])
-            mlflow.log_artifact(str(plot))
-            mlflow.log_artifact(str(out))
-    typer.echo(f"mlflow: k-scan run {run.info.run_id}")
+    if mlflow_log:
+        run_id = log_scan(rows, {"k_min": k_min, "k_max": k_max, **settings}, meta["method"], [plot, out], experiment)
+        typer.echo(f"mlflow: k-scan run {run_id}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from collections import deque
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -29,16 +30,26 @@ def pmap(func: Callable, items: Sequence, *, desc: str, workers: int | None = No
         return list(tqdm(pool.map(func, items, chunksize=chunksize), **bar))
 
 
-def imap(func: Callable, items: Sequence, *, workers: int | None = None, chunksize: int = 16) -> Iterator:
+def imap(func: Callable, items: Sequence, *, workers: int | None = None, window: int = 256) -> Iterator:
     """Lazily yield ``func(x)`` for ``items`` in order, computed by a process pool (in-process for
-    small inputs), so the caller can consume results as they come."""
+    small inputs). At most ``window`` results are pending, so a slow consumer bounds memory."""
     workers = workers or default_workers()
     if workers <= 1 or len(items) < 32:
         yield from map(func, items)
         return
     # spawn, not fork: the caller may already run TensorFlow threads, which a fork must not copy
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(func, items, chunksize=chunksize)
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(func, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:

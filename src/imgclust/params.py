@@ -7,7 +7,6 @@ readable message. Allowed values come from the modules that use them, so they ca
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -16,7 +15,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from imgclust.augment import OPS, PROTOCOLS
-from imgclust.errors import ParamError
+from imgclust.errors import ParamError, did_you_mean
 from imgclust.featurize import METHODS
 from imgclust.images import COLOR_MODES, RESAMPLE_FILTERS
 from imgclust.synthesize import MIN_IMAGES
@@ -28,12 +27,6 @@ BACKBONE_NAMES = ("mobilenet", "mobilenet_v2", "resnet50", "efficientnet_b0", "v
                   "densenet121")
 POOLINGS = ("avg", "max")
 SHA256_PATTERN = r"^([0-9a-fA-F]{64})?$"
-
-
-def did_you_mean(value: Any, choices) -> str:
-    """`` Did you mean 'x'?`` for the closest of ``choices``, or an empty string."""
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
 
 
 def _one_of(*choices: str):

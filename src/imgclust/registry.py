@@ -6,6 +6,7 @@ import typer
 
 from imgclust.compare import metric_name
 from imgclust.errors import ParamError
+from imgclust.tracking import PIPELINE_RUNS
 
 MODEL_ARTIFACTS = ("image_model", "model")
 
@@ -18,7 +19,7 @@ def best_run_id(experiment_name: str, metric: str, ascending: bool = False) -> s
         raise ParamError(f"no MLflow experiment {experiment_name!r} in {mlflow.get_tracking_uri()}.")
     metric = metric_name(metric)
     runs = mlflow.MlflowClient().search_runs(
-        [experiment.experiment_id], filter_string="attributes.status = 'FINISHED' and tags.`imgclust.kind` = 'pipeline'",
+        [experiment.experiment_id], filter_string=f"attributes.status = 'FINISHED' and {PIPELINE_RUNS}",
         order_by=[f"metrics.{metric} {'ASC' if ascending else 'DESC'}"], max_results=1)
     if not runs or metric not in runs[0].data.metrics:
         raise ParamError(f"no finished run of experiment {experiment_name!r} has metric {metric!r}.")
@@ -52,14 +53,15 @@ def command(
     name: str = typer.Option("imgclust", help="Registered model name."),
     alias: str = typer.Option("champion", help="Alias to point at the new version ('' for none)."),
     artifact: str = typer.Option("image_model", help="image_model (image paths in) or model (features in)."),
-    experiment: str = typer.Option("imgclust", help="Experiment searched by --best."),
+    experiment: str = typer.Option(None, help="Experiment searched by --best (default: mlflow.experiment_name of params.yaml)."),
 ) -> None:
     from imgclust import tracking
 
     if bool(run_id) == bool(best):
         raise ParamError("give exactly one of --run RUN_ID or --best METRIC.")
-    tracking.configure()
-    chosen = run_id or best_run_id(experiment, best, ascending=lowest)
-    version = register(chosen, name, alias or None, artifact)
+    uri, _ = tracking.configure()
+    with tracking.tracking_errors(), tracking.store_lock(uri):
+        chosen = run_id or best_run_id(tracking.experiment_name(experiment), best, ascending=lowest)
+        version = register(chosen, name, alias or None, artifact)
     target = f"models:/{name}@{alias}" if alias else f"models:/{name}/{version.version}"
     typer.echo(f"register: run {chosen} -> {name} version {version.version} ({target})")

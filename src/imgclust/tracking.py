@@ -17,6 +17,8 @@ import yaml
 
 LOCAL_STORE_DIR = "mlruns"
 MODEL_URI_TAG = "imgclust.{}_uri"
+KIND_TAG = "imgclust.kind"  # "pipeline" for a pipeline execution, "k_scan" for imgclust scan-k
+PIPELINE_RUNS = f"tags.`{KIND_TAG}` = 'pipeline'"
 DATA_STAGES_WITH_HASHES = ("ingest", "strip_masks", "resize", "split", "augment", "featurize")
 
 
@@ -35,6 +37,23 @@ def local_store(root: Path) -> tuple[str, str]:
     """(tracking URI, artifact root URI) of the project's local store."""
     store = Path(root) / LOCAL_STORE_DIR
     return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+
+
+@contextlib.contextmanager
+def tracking_errors():
+    """Turn MLflow's failures (store unreachable, refused request) into a TrackingError that names
+    the store and the way to change it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from imgclust.errors import TrackingError
+
+    try:
+        yield
+    except (MlflowException, ConnectionError, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise TrackingError(f"MLflow store {mlflow.get_tracking_uri()} failed: {message.splitlines()[0] if message else exc!r}. "
+                            "Check MLFLOW_TRACKING_URI (unset it to use the project's mlruns/mlflow.db).") from exc
 
 
 @contextlib.contextmanager
@@ -64,6 +83,16 @@ def configure(root: Path | None = None) -> tuple[str, str | None]:
         uri, artifacts = local_store(root)
     mlflow.set_tracking_uri(uri)
     return uri, artifacts
+
+
+def experiment_name(given: str | None = None, params_file: Path = Path("params.yaml")) -> str:
+    """``given``, else ``mlflow.experiment_name`` of the project's params.yaml, else "imgclust"."""
+    if given:
+        return given
+    if Path(params_file).is_file():
+        params = yaml.safe_load(Path(params_file).read_text()) or {}
+        return (params.get("mlflow") or {}).get("experiment_name") or "imgclust"
+    return "imgclust"
 
 
 def get_or_create_experiment(name: str, artifact_location: str | None) -> str:
@@ -172,7 +201,7 @@ def log_run(*, experiment_name: str, params: dict, metrics: dict[str, float], ta
     (pyfunc, image paths -> cluster) built from the same fitted estimators.
     """
     uri, artifact_root = configure(root)
-    with store_lock(uri):
+    with tracking_errors(), store_lock(uri):
         return _log_run(uri, artifact_root, experiment_name=experiment_name, params=params, metrics=metrics,
                         tags=tags, artifacts=artifacts, dicts=dicts, model=model,
                         model_input_example=model_input_example, image_pipeline=image_pipeline,

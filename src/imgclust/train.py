@@ -137,6 +137,10 @@ def command(
 
     from imgclust.fsutil import atomic_file
 
+    from imgclust.augment import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise ParamError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
     features, index, meta = load_features(features_dir)
     is_train = np.array([row["split"] == "train" for row in index])
     if not is_train.any():
