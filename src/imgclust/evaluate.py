@@ -96,7 +96,8 @@ def command(
         raise InputDataError(f"{model_path}: not found; run the train stage (dvc repro train).")
     from imgclust.params import load_params
 
-    params = load_params(params_file)  # validated: all of it is logged
+    # all of params.yaml is logged, so it is validated; without logging it is not needed
+    params = load_params(params_file) if mlflow_log else {}
     pipeline = joblib.load(model_path)
     features, index, meta = load_features(features_dir)
     result = evaluate_model(pipeline, features, index)

@@ -36,9 +36,10 @@ def _as_items(model_input) -> list:
 
 
 # MLflow warns at class creation that predict() has no type hints; hints would make MLflow coerce
-# the input itself, and this model takes paths or arrays on purpose
+# the input itself, and this model takes paths or arrays on purpose. MLflow resets the warning
+# filters around that check, so only silencing the display for the class statement works.
 with warnings.catch_warnings():
-    warnings.simplefilter("ignore", UserWarning)
+    warnings.showwarning = lambda *args, **kwargs: None
 
     class ImageClusterModel(mlflow.pyfunc.PythonModel):
         """pyfunc wrapper. Input: a DataFrame with a ``path`` column (or a list of paths, or a list of
