@@ -64,10 +64,14 @@ def thumbnails_by_cluster(index: list[dict], clusters: np.ndarray, image_dir: Pa
     captions: dict[int, list[str]] = {}
     originals = np.array([row["op"] == "none" for row in index])
     for cluster in sorted(set(clusters.tolist())):
-        members = np.flatnonzero((clusters == cluster) & originals)
-        chosen = sorted(rng.choice(members, size=min(per_cluster, len(members)), replace=False))
+        # originals first; a cluster made only of augmented copies shows those (captioned with the op)
+        chosen = []
+        for pool in (np.flatnonzero((clusters == cluster) & originals), np.flatnonzero((clusters == cluster) & ~originals)):
+            take = min(per_cluster - len(chosen), len(pool))
+            chosen += sorted(rng.choice(pool, size=take, replace=False).tolist()) if take > 0 else []
         images[cluster] = [np.asarray(Image.open(image_dir / index[i]["file"])) for i in chosen]
-        captions[cluster] = [index[i]["class"] for i in chosen]
+        captions[cluster] = [index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})")
+                             for i in chosen]
     return images, captions
 
 
