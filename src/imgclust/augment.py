@@ -17,7 +17,7 @@ import typer
 from PIL import Image
 
 from imgclust.errors import InputDataError, ParamError
-from imgclust.fsutil import atomic_dir, read_csv, write_csv, write_json
+from imgclust.fsutil import atomic_dir, read_image_listing, write_csv, write_json
 from imgclust.images import open_image
 from imgclust.parallel import pmap
 from imgclust.split import split_rows
@@ -144,13 +144,7 @@ def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *
     if protocol not in PROTOCOLS:
         raise ParamError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
     in_dir = Path(in_dir)
-    split = read_csv(split_csv, required=("path", "class", "split"))
-    if not split:
-        raise InputDataError(f"{split_csv}: lists no image; rerun the split stage.")
-    missing = [row["path"] for row in split if not (in_dir / row["path"]).is_file()]
-    if missing:
-        raise InputDataError(f"{len(missing)} image(s) listed in {split_csv} are missing in {in_dir}, "
-                             f"e.g. {missing[0]}; rerun the split stage (dvc repro split).")
+    split = read_image_listing(split_csv, in_dir, ("path", "class", "split"), "split")
     first = open_image(in_dir / split[0]["path"])
     square = first.width == first.height
     if protocol == "honest":

@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from imgclust.errors import InputDataError, ParamError, did_you_mean
-from imgclust.fsutil import atomic_dir, read_csv, write_csv
+from imgclust.fsutil import atomic_dir, read_csv, read_image_listing, write_csv
 from imgclust.images import open_image
 from imgclust.parallel import imap, iter_batches
 
@@ -45,13 +45,7 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
         # fitting builds the backbone: missing weights fail here, before any image is read
         extractor = KerasFeatureExtractor(**(cnn_params or {}), progress=False).fit()
     image_dir = Path(image_dir)
-    rows = read_csv(manifest_csv, required=("path", "class", "split", "source", "op"))
-    if not rows:
-        raise InputDataError(f"{manifest_csv}: lists no image; rerun the augment stage.")
-    missing = [r["path"] for r in rows if not (image_dir / r["path"]).is_file()]
-    if missing:
-        raise InputDataError(f"{len(missing)} image(s) of {manifest_csv} missing in {image_dir}, "
-                             f"e.g. {missing[0]}; rerun the augment stage (dvc repro).")
+    rows = read_image_listing(manifest_csv, image_dir, ("path", "class", "split", "source", "op"), "augment")
     first = _load_stored(image_dir / rows[0]["path"])
     n_features = extractor.transform([first]).shape[1]
     dtype = np.uint8 if method == "pixels" else np.float32

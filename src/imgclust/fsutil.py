@@ -106,6 +106,21 @@ def read_csv(path: Path, required: Sequence[str] = ()) -> list[dict]:
         return list(reader)
 
 
+def read_image_listing(listing: Path, image_dir: Path, required: Sequence[str], producer: str) -> list[dict]:
+    """Rows of a manifest whose ``path`` column names files under ``image_dir``; refuses an empty
+    listing or one naming missing files, telling to rerun ``producer`` (the stage that writes it)."""
+    from imgclust.errors import InputDataError
+
+    rows = read_csv(listing, required=required)
+    if not rows:
+        raise InputDataError(f"{listing}: lists no image; rerun the {producer} stage.")
+    missing = [row["path"] for row in rows if not (Path(image_dir) / row["path"]).is_file()]
+    if missing:
+        raise InputDataError(f"{len(missing)} image(s) listed in {listing} are missing in {image_dir}, "
+                             f"e.g. {missing[0]}; rerun the {producer} stage (dvc repro {producer}).")
+    return rows
+
+
 def write_json(path: Path, data) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
