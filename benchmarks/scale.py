@@ -16,6 +16,7 @@ measured separately. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -107,14 +108,19 @@ def bench_dataset(label: str, params: dict, env: dict, stages: tuple[str, ...], 
     return rows
 
 
-def bench_model_stages(size: int, env: dict) -> None:
+def bench_model_stages(size: int, env: dict, workdir: Path | None = None) -> None:
     """featurize -> train -> evaluate on ``size`` synthetic images, each stage measured alone.
 
     The data is prepared with the stage commands directly (not through DVC, whose cache would hold
-    a second copy of every folder), deleting each folder once the next one exists.
+    a second copy of every folder), deleting each folder once the next one exists. With
+    ``workdir``, the data is prepared there and kept, and a folder already prepared is reused.
     """
-    with tempfile.TemporaryDirectory(prefix="imgclust-scale-") as tmp:
-        root = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgclust-scale-")))
+        root.mkdir(parents=True, exist_ok=True)
+        if (root / "augmented.csv").is_file() and count_rows(root / "augmented.csv") == size:
+            _measure_model_stages(root, size, env)
+            return
         start = time.perf_counter()
         prepare = [
             ["imgclust", "synthesize", "--out", "synthetic", "--n-images", str(size)],
@@ -129,23 +135,27 @@ def bench_model_stages(size: int, env: dict) -> None:
             for done in ("synthetic", "stripped") if cmd[1] in ("resize",) else ():
                 shutil.rmtree(root / done)
         print(f"<!-- synthetic {size}: data prepared in {time.perf_counter() - start:.0f} s (not counted) -->", flush=True)
-        (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
-        env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-        stages = {
-            "featurize": ["imgclust", "featurize", "--in", "augmented", "--manifest", "augmented.csv", "--out", "features"],
-            "train": ["imgclust", "train", "--features", "features", "--out", "model.joblib"],
-            "evaluate": ["imgclust", "evaluate", "--features", "features", "--model", "model.joblib",
-                         "--images", "augmented", "--params", "params.yaml", "--metrics", "metrics.json",
-                         "--plots", "plots", "--predictions", "predictions.csv", "--run-info", "run.json"],
-        }
-        total, peak = 0.0, 0.0
-        for stage, cmd in stages.items():
-            wall, rss = measured(cmd, root, env)
-            total, peak = total + wall, max(peak, rss)
-            print(f"| synthetic {size} | imgclust: {stage} | {size} | {wall:.1f} | {size / wall:.0f} | {rss:.0f} |", flush=True)
-        metrics = json.loads((root / "metrics.json").read_text())
-        print(f"| synthetic {size} | **featurize -> train -> evaluate** | {size} | **{total:.1f}** | | **{peak:.0f}** |"
-              f" <!-- ARI train {metrics['train']['ari']:.3f} test {metrics['test']['ari']:.3f} -->", flush=True)
+        _measure_model_stages(root, size, env)
+
+
+def _measure_model_stages(root: Path, size: int, env: dict) -> None:
+    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    stages = {
+        "featurize": ["imgclust", "featurize", "--in", "augmented", "--manifest", "augmented.csv", "--out", "features"],
+        "train": ["imgclust", "train", "--features", "features", "--out", "model.joblib"],
+        "evaluate": ["imgclust", "evaluate", "--features", "features", "--model", "model.joblib",
+                     "--images", "augmented", "--params", "params.yaml", "--metrics", "metrics.json",
+                     "--plots", "plots", "--predictions", "predictions.csv", "--run-info", "run.json"],
+    }
+    total, peak = 0.0, 0.0
+    for stage, cmd in stages.items():
+        wall, rss = measured(cmd, root, env)
+        total, peak = total + wall, max(peak, rss)
+        print(f"| synthetic {size} | imgclust: {stage} | {size} | {wall:.1f} | {size / wall:.0f} | {rss:.0f} |", flush=True)
+    metrics = json.loads((root / "metrics.json").read_text())
+    print(f"| synthetic {size} | **featurize -> train -> evaluate** | {size} | **{total:.1f}** | | **{peak:.0f}** |"
+          f" <!-- ARI train {metrics['train']['ari']:.3f} test {metrics['test']['ari']:.3f} -->", flush=True)
 
 
 def startup_costs(env: dict) -> None:
@@ -164,6 +174,7 @@ def main() -> None:
     parser.add_argument("--busi256", action="store_true")
     parser.add_argument("--model-only", action="store_true", help="time featurize, train, evaluate only")
     parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--workdir", type=Path, help="with --model-only: prepare (or reuse) the data here")
     args = parser.parse_args()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
@@ -178,7 +189,7 @@ def main() -> None:
         bench_dataset("busi256", {"data.source": str(BUSI256), "augment.target": 1}, env, stages, not args.no_naive)
     for size in args.sizes:
         if args.model_only:
-            bench_model_stages(size, env)
+            bench_model_stages(size, env, args.workdir)
             continue
         params = {"synthesize.n_images": size, "augment.target": 1}
         bench_dataset(f"synthetic {size}", params, env, stages, not args.no_naive and not args.model_only)

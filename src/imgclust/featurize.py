@@ -65,6 +65,8 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
                     raise InputDataError(f"images in {image_dir} differ in shape {sorted(shapes)}; rerun resize.")
                 matrix[start:start + len(batch)] = extractor.transform(arrays)
                 start += len(batch)
+                matrix.flush()
+                release_pages(matrix)
                 bar.update(len(batch))
         matrix.flush()
         del matrix
@@ -76,6 +78,16 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str = 
                 "extractor": {k: v for k, v in extractor.get_params().items() if k != "progress"}}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
+
+
+def release_pages(array: np.ndarray) -> None:
+    """Drop a memory-mapped array's pages from this process's resident memory (the OS keeps them
+    in its page cache), so streaming batch by batch over a large feature file keeps RSS bounded."""
+    import mmap
+
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def load_features(features_dir: Path, mmap: bool = True) -> tuple[np.ndarray, list[dict], dict]:

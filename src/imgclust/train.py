@@ -78,10 +78,14 @@ def embed(pipeline, features: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     """The clustering space (all steps but KMeans) of ``features``, computed batch by batch so that
     memory-mapped features are never loaded whole."""
 
+    from imgclust.featurize import release_pages
+
     transform = pipeline[:-1] if len(pipeline.steps) > 1 else None
-    parts = [transform.transform(np.asarray(features[start:start + batch_size])) if transform
-             else np.asarray(features[start:start + batch_size], dtype=np.float32)
-             for start in range(0, len(features), batch_size)]
+    parts = []
+    for start in range(0, len(features), batch_size):
+        batch = np.asarray(features[start:start + batch_size])
+        parts.append(transform.transform(batch) if transform else batch.astype(np.float32))
+        release_pages(features)
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
 
 
@@ -91,6 +95,7 @@ def _fit_in_batches(features, is_train, *, method, n_components, whiten, n_clust
     from sklearn.decomposition import IncrementalPCA
     from sklearn.pipeline import Pipeline
 
+    from imgclust.featurize import release_pages
     from imgclust.features import PixelScaler
     from imgclust.parallel import iter_batches
 
@@ -110,6 +115,7 @@ def _fit_in_batches(features, is_train, *, method, n_components, whiten, n_clust
         for rows in tqdm(batches, desc="train: incremental PCA", unit="batch", disable=None, leave=False):
             chunk = np.asarray(features[rows])
             pca.partial_fit(steps[0][1].transform(chunk) if steps else chunk)
+            release_pages(features)
         steps.append(("pca", pca))
     kmeans = MiniBatchKMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state,
                              batch_size=batch_size)
