@@ -92,8 +92,12 @@ def bench_dataset(label: str, params: dict, env: dict, stages: tuple[str, ...], 
             wall, rss = measured(["dvc", "repro", "--single-item", stage], root, env)
             total += wall
             peak = max(peak, rss)
-            n = count_rows(root / "data" / "manifests" / ("raw.csv" if stage in ("ingest", "strip_masks", "resize", "split")
-                                                          else "augmented.csv"))
+            # ingest and strip_masks handle every file (masks too); resize and split the images
+            if stage == "resize":
+                n = sum(1 for _ in (root / "data" / "resized").rglob("*.png"))
+            else:
+                listing = {"ingest": "raw.csv", "strip_masks": "raw.csv", "split": "split.csv"}
+                n = count_rows(root / "data" / "manifests" / listing.get(stage, "augmented.csv"))
             rows.append(f"| {label} | imgclust: {stage} | {n} | {wall:.1f} | {n / wall:.0f} | {rss:.0f} |")
             print(rows[-1], flush=True)
         metrics = json.loads((root / "metrics.json").read_text())
@@ -181,7 +185,7 @@ def main() -> None:
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
     env.pop("MLFLOW_TRACKING_URI", None)
     stages = STAGES[STAGES.index("featurize"):] if args.model_only else STAGES
-    print("| dataset | step | images | wall s | images/s | peak RSS MiB |")
+    print("| dataset | step | files or images | wall s | per s | peak RSS MiB |")
     print("|---|---|---|---|---|---|")
     startup_costs(env)
     # no balancing copies (augment.target 1): both approaches cluster exactly the same images

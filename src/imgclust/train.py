@@ -36,7 +36,7 @@ def check_params(n_fit_pca: int, n_train: int, n_features: int, n_components: in
 def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_components: int | None,
                   whiten: bool = False, svd_solver: str = "auto", n_clusters: int = 3, n_init: int = 10,
                   random_state: int = 0, pca_on_all: bool = False, scalable_threshold: int = 20000,
-                  batch_size: int = 2048):
+                  batch_size: int = 1024):
     """Return a fitted ``Pipeline``. PCA is fitted on the train rows, or on all rows when
     ``pca_on_all`` (the tutorial protocol, as the seed recipe did); KMeans always on train rows.
 
@@ -137,7 +137,7 @@ def command(
     n_init: int = typer.Option(10, help="KMeans initialisations."),
     random_state: int = typer.Option(0, help="Seed of PCA and KMeans."),
     scalable_threshold: int = typer.Option(20000, help="Rows from which IncrementalPCA + MiniBatchKMeans are used (0: never)."),
-    batch_size: int = typer.Option(2048, help="Rows per batch for the scalable solvers."),
+    batch_size: int = typer.Option(1024, help="Rows per batch for the scalable solvers (memory grows with it)."),
 ) -> None:
     import joblib
 
