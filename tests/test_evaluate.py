@@ -162,25 +162,38 @@ def test_scatter_coordinates(result):
     assert xy.shape == (len(emb), 2) and np.isfinite(xy).all()
 
 
-def test_thumbnails_are_originals_of_each_cluster(result, project):
+def test_thumbnails_prefer_originals_of_each_cluster(result, project):
     images, captions = thumbnails_by_cluster(project["index"], result["clusters"], project["images"], 3)
     assert set(images) == set(result["clusters"].tolist())
     assert sum(len(v) for v in images.values()) >= 2
-    originals = {r["file"] for r in project["index"] if r["op"] == "none"}
-    by_file = {r["file"]: r for r in project["index"]}
+    index = project["index"]
     for cluster, arrays in images.items():
-        members = [i for i, r in enumerate(project["index"])
-                   if result["clusters"][i] == cluster and r["file"] in originals]
-        # augmented copies are never shown: a cluster of copies only gets an empty row
+        members = [i for i, r in enumerate(index) if result["clusters"][i] == cluster]
+        originals = [i for i in members if index[i]["op"] == "none"]
+        # originals first; copies (captioned with their op) only fill a cluster short of originals
         assert len(arrays) == min(3, len(members)) and len(captions[cluster]) == len(arrays)
-        for array in arrays:
+        n_originals_shown = min(3, len(originals))
+        for position, (array, caption) in enumerate(zip(arrays, captions[cluster])):
             assert array.shape == (SIZE, SIZE) and array.dtype == np.uint8
-        # every thumbnail is the pixels of an original image of that cluster, captioned with its class
-        member_pixels = [project["features_array"][i] for i in members]
-        for array, caption in zip(arrays, captions[cluster]):
-            matches = [i for i, px in zip(members, member_pixels) if np.array_equal(px, array.reshape(-1))]
-            assert matches, f"thumbnail of cluster {cluster} is not one of its originals"
-            assert caption in {by_file[project["index"][i]["file"]]["class"] for i in matches}
+            pool = originals if position < n_originals_shown else [i for i in members if i not in originals]
+            # every thumbnail is the pixels of a member of that cluster, captioned with its class (and op)
+            matches = [i for i in pool if np.array_equal(project["features_array"][i], array.reshape(-1))]
+            assert matches, f"thumbnail {position} of cluster {cluster} is not one of its members"
+            expected = {index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})")
+                        for i in matches}
+            assert caption in expected
+
+
+def test_cluster_of_copies_only_shows_copies_with_their_op(project):
+    index = project["index"]
+    copies = [i for i, r in enumerate(index) if r["op"] != "none"]
+    assert copies, "the fixture must hold augmented copies"
+    clusters = np.zeros(len(index), dtype=int)
+    clusters[copies] = 1  # cluster 1: augmented copies only, as rot180 copies of sector images form
+    images, captions = thumbnails_by_cluster(index, clusters, project["images"], 3)
+    assert len(images[1]) == min(3, len(copies))
+    assert all(caption.endswith(")") and "(" in caption for caption in captions[1])
+    assert all(caption in {r["class"] for r in index} for caption in captions[0])
 
 
 # ---------------------------------------------------------------- CLI --no-mlflow
