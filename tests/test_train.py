@@ -134,6 +134,39 @@ def test_randomized_and_arpack_solvers_fit(data):
         assert pipeline.named_steps["pca"].components_.shape == (3, features.shape[1])
 
 
+def test_scalable_solvers_above_the_threshold(data):
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.decomposition import PCA, IncrementalPCA
+    from sklearn.metrics import adjusted_rand_score
+
+    features, is_train, meta = data
+    assert isinstance(features, np.memmap)  # streamed from the memory-mapped file, batch by batch
+    kwargs = dict(method="pixels", n_components=5, n_clusters=3, n_init=3, random_state=0)
+    scalable = build_and_fit(features, is_train, scalable_threshold=10, batch_size=16, **kwargs)
+    exact = build_and_fit(features, is_train, scalable_threshold=0, **kwargs)
+    assert isinstance(scalable.named_steps["pca"], IncrementalPCA)
+    assert isinstance(scalable.named_steps["kmeans"], MiniBatchKMeans)
+    assert type(exact.named_steps["pca"]) is PCA
+    # the incremental PCA spans nearly the same subspace as the exact one: the leading directions
+    # agree to 1e-2, the weakest of the five (fitted from 16-row batches) less closely
+    overlap = np.linalg.svd(scalable.named_steps["pca"].components_ @ exact.named_steps["pca"].components_.T,
+                            compute_uv=False)
+    assert overlap[:3].min() > 0.99 and overlap.min() > 0.8
+    labels = scalable.predict(np.asarray(features))
+    assert labels.shape == (len(features),) and set(labels) <= {0, 1, 2}
+    # deterministic for a seed, and close to the exact clustering on this small set
+    again = build_and_fit(features, is_train, scalable_threshold=10, batch_size=16, **kwargs)
+    assert np.array_equal(again.predict(np.asarray(features)), labels)
+    assert adjusted_rand_score(exact.predict(np.asarray(features)), labels) > 0.5
+
+
+def test_scalable_batch_smaller_than_components_is_refused(data):
+    features, is_train, _ = data
+    with pytest.raises(ParamError, match="batch_size"):
+        build_and_fit(features, is_train, method="pixels", n_components=20, n_clusters=3,
+                      scalable_threshold=10, batch_size=8)
+
+
 # ---------------------------------------------------------------- check_params
 
 

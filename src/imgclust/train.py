@@ -121,8 +121,11 @@ def _fit_in_batches(features, is_train, *, method, n_components, whiten, n_clust
                              batch_size=batch_size)
     pipeline = Pipeline(steps + [("kmeans", kmeans)])
     # the train rows' embedding is small (n x n_components): cluster it in one go
-    kmeans.fit(np.concatenate([embed(pipeline, features[rows], batch_size)
-                               for rows in iter_batches(train_rows, batch_size)]))
+    parts = []
+    for rows in iter_batches(train_rows, batch_size):
+        parts.append(embed(pipeline, np.asarray(features[rows]), batch_size))
+        release_pages(features)  # fancy indexing maps the rows' pages in: let them go again
+    kmeans.fit(np.concatenate(parts))
     return pipeline
 
 
