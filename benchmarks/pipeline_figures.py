@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,12 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from project_copy import REPO, make_project
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DATASETS = {"synthetic": "data/synthetic", "busi256": str(SHARED / "datasets" / "busi256")}
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
 CNN = {"backbone": "mobilenet", "alpha": 0.25, "weights": "imagenet"}
 
 
@@ -39,24 +37,11 @@ def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, str]:
     return elapsed, proc.stdout
 
 
-def project(root: Path, source: str, protocol: str, method: str) -> None:
-    for name in PROJECT_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "src" / "imgclust", root / "src" / "imgclust", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["source"], params["protocol"] = source, protocol
-    params["featurize"]["method"] = method
-    params["featurize"]["cnn"].update(CNN)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 def measure(dataset: str, protocol: str, method: str, env: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="imgclust-bench-") as tmp:
         root = Path(tmp)
-        project(root, DATASETS[dataset], protocol, method)
-        for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
-            run(cmd, root, env)
+        make_project(root, {"data.source": DATASETS[dataset], "protocol": protocol, "featurize.method": method,
+                            **{f"featurize.cnn.{key}": value for key, value in CNN.items()}}, env)
         # upstream stages first, so that featurize is timed on its own
         total, _ = run(["dvc", "repro", "augment"], root, env)
         featurize_s, log = run(["dvc", "repro", "featurize"], root, env)

@@ -26,11 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
+from project_copy import REPO, make_project
 
-REPO = Path(__file__).resolve().parents[1]
 BUSI256 = REPO.parent / "shared" / "datasets" / "busi256"
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
 STAGES = ("ingest", "strip_masks", "resize", "split", "augment", "featurize", "train", "evaluate")
 MEASURE = """
 import resource, subprocess, sys, time
@@ -51,23 +49,6 @@ def measured(cmd: list[str], cwd: Path, env: dict) -> tuple[float, float]:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
     wall, rss_kib = out.stdout.split()
     return float(wall), int(rss_kib) / 1024
-
-
-def make_project(root: Path, params: dict, env: dict) -> None:
-    for name in PROJECT_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "src" / "imgclust", root / "src" / "imgclust", ignore=shutil.ignore_patterns("__pycache__"))
-    current = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in params.items():
-        node = current
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(current, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "bench"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
 
 
 def count_rows(path: Path) -> int:
