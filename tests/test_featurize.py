@@ -7,7 +7,6 @@ The data are real: the synthetic dataset run through the real ingest -> strip_ma
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,15 +22,10 @@ SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
 
 
-def build_augmented(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
-                    test_size: float = 0.25) -> dict[str, Path]:
-    return run_data_stages(root, source, mode, size, test_size)
-
-
 @pytest.fixture(scope="module")
 def gray_data(synthetic_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("featurize_gray")
-    data = build_augmented(root, synthetic_dataset, "gray")
+    data = run_data_stages(root, synthetic_dataset, "gray", SIZE)
     data["features"] = root / "features"
     data["meta"] = featurize(data["images"], data["manifest"], data["features"], "pixels", batch_size=256)
     return data
@@ -40,7 +34,7 @@ def gray_data(synthetic_dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def rgb_data(synthetic_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("featurize_rgb")
-    data = build_augmented(root, synthetic_dataset, "rgb")
+    data = run_data_stages(root, synthetic_dataset, "rgb", SIZE)
     data["features"] = root / "features"
     # a batch size that does not divide the row count: batch boundaries must not shift rows
     data["meta"] = featurize(data["images"], data["manifest"], data["features"], "pixels", batch_size=7)
