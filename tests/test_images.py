@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from imgclust.errors import CorruptImageError, ParamError
-from imgclust.images import RESAMPLE_FILTERS, convert, load_array, open_image, pil_mode, resample_filter
+from imgclust.images import (RESAMPLE_FILTERS, check_image, convert, load_array, open_image, pil_mode,
+                              resample_filter)
 
 EXIF_ORIENTATION = 0x0112
 
@@ -202,6 +203,43 @@ def test_undecodable_files_raise_corrupt_image_error_naming_the_path(tmp_path, k
             call()
         assert str(path) in str(info.value)
         assert info.value.paths == [str(path)]
+
+
+@pytest.mark.parametrize("kind", ["truncated_png", "truncated_jpg", "text_png", "empty_png", "altered_png"])
+def test_check_image_refuses_what_open_image_refuses_and_an_altered_png(tmp_path, kind):
+    """ingest's integrity check: a PNG whose pixel data changed fails its chunk CRC, without
+    the pixels being decoded; the other failures are those of a full decode."""
+    if kind == "altered_png":
+        path = tmp_path / "altered.png"
+        Image.fromarray(_rng_gray((40, 40))).save(path)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # inside IDAT
+        path.write_bytes(bytes(data))
+    elif kind.startswith("truncated"):
+        path = _truncated(tmp_path, ".png" if kind == "truncated_png" else ".jpg")
+    else:
+        path = tmp_path / "not.png"
+        path.write_bytes(b"" if kind == "empty_png" else b"this is not an image\n")
+    with pytest.raises(CorruptImageError) as info:
+        check_image(path, path.read_bytes())
+    assert str(path) in str(info.value) and info.value.paths == [str(path)]
+    if kind.startswith("truncated"):
+        assert "truncated" in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF"])
+def test_check_image_reports_the_displayed_size_and_mode_as_open_image(tmp_path, fmt):
+    """EXIF orientation 6 (a quarter turn) swaps width and height, for a JPEG and for a PNG whose
+    eXIf chunk precedes its pixels; the mode is the stored one. (Pillow orients a TIFF on its own
+    way; check_image must only agree with open_image there.)"""
+    path = tmp_path / f"rotated.{fmt.lower()}"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_rng_gray((20, 40))).save(path, format=fmt, exif=exif.tobytes())
+    image = open_image(path)
+    assert check_image(path, path.read_bytes()) == (image.width, image.height, image.mode)
+    if fmt != "TIFF":
+        assert (image.width, image.height, image.mode) == (20, 40, "L")
 
 
 def test_unknown_resample_or_mode_is_a_param_error(tmp_path):

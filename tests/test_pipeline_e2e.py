@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -97,6 +98,28 @@ def test_repro_produces_every_output(project):
     assert set(metrics) == {"train", "test"}
     for name in ("contingency.png", "scatter.png", "thumbnails.png"):
         assert (project / "plots" / name).stat().st_size > 1000
+
+
+def test_outputs_are_linked_to_the_dvc_cache_and_unchanged_files_stored_once(project):
+    """.dvc/config's cache.type (hardlink,copy) makes DVC hard-link a new output file into its cache
+    instead of copying it, and protect it read-only; strip_masks and augment link the files they pass
+    on unchanged. So a resized image, its augmented original and its cache object are one file, and
+    so are a stripped image and its cache object."""
+    assert "type = hardlink,copy" in (project / ".dvc" / "config").read_text()
+
+    def cached(path: Path) -> Path:
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        return project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
+
+    rel = Path("benign") / "benign (1).png"
+    resized, augmented = project / "data" / "resized" / rel, project / "data" / "augmented" / rel
+    assert resized.stat().st_ino == augmented.stat().st_ino == cached(resized).stat().st_ino
+    stripped = project / "data" / "stripped" / rel
+    assert stripped.stat().st_ino == cached(stripped).stat().st_ino
+    for path in (resized, stripped):
+        assert path.stat().st_mode & 0o222 == 0  # DVC protects linked files: nothing edits the cache in place
+    features = project / "data" / "features" / "features.npy"
+    assert features.stat().st_ino == cached(features).stat().st_ino
 
 
 def test_one_mlflow_run_per_execution_and_noop_repro(project):

@@ -1,10 +1,12 @@
-"""strip_masks: copy data/raw without the segmentation masks (imgclust.strip_masks)."""
+"""strip_masks: data/raw without the segmentation masks, files linked or copied (imgclust.strip_masks)."""
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 
 from imgclust.errors import EmptyClassError, ImgclustError, ParamError
+from imgclust.fsutil import link_or_copy
 from imgclust.strip_masks import is_mask, strip_masks
 
 DEFAULT = ["*_mask*.png"]
@@ -57,6 +60,29 @@ def test_masks_including_numbered_ones_are_stripped(tmp_path):
     for rel in _files(out):
         assert (out / rel).read_bytes() == (raw / rel).read_bytes()
     assert _tree_hashes(raw) == before, "the raw folder is only read"
+
+
+def test_kept_images_are_hard_links_of_the_raw_files(tmp_path):
+    """Same file system: no byte is written twice (DVC then hashes and caches each file once)."""
+    raw = _raw(tmp_path / "raw")
+    strip_masks(raw, tmp_path / "out", DEFAULT)
+    kept = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(kept) == 6
+    for path in kept:
+        assert path.stat().st_ino == (raw / path.relative_to(tmp_path / "out")).stat().st_ino
+
+
+def test_link_or_copy_copies_where_a_link_is_refused(tmp_path, monkeypatch):
+    source = tmp_path / "a.png"
+    _png(source, 7)
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", refuse)
+    link_or_copy(source, tmp_path / "b.png")
+    assert (tmp_path / "b.png").read_bytes() == source.read_bytes()
+    assert (tmp_path / "b.png").stat().st_ino != source.stat().st_ino
 
 
 def test_synthetic_dataset_keeps_every_image_and_drops_every_mask(tmp_path, synthetic_dataset):

@@ -7,7 +7,6 @@ ops and splitting afterwards (copies of one image can fall on both sides, as in 
 
 from __future__ import annotations
 
-import shutil
 from collections import Counter, defaultdict
 from functools import partial
 from pathlib import Path
@@ -17,8 +16,8 @@ import typer
 from PIL import Image
 
 from imgclust.errors import InputDataError, ParamError
-from imgclust.fsutil import atomic_dir, read_image_listing, write_csv, write_json
-from imgclust.images import open_image
+from imgclust.fsutil import atomic_dir, link_or_copy, read_image_listing, write_csv, write_json
+from imgclust.images import PNG_COMPRESS_LEVEL, open_image
 from imgclust.parallel import pmap
 from imgclust.split import split_rows
 
@@ -130,11 +129,11 @@ def _materialise(items: list[dict], in_dir: Path, out_dir: Path) -> None:
         target = out_dir / item["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         if item["op"] == "none":
-            shutil.copyfile(in_dir / item["source"], target)
+            link_or_copy(in_dir / item["source"], target)
             continue
         if array is None:
             array = np.asarray(open_image(in_dir / item["source"]))
-        Image.fromarray(apply_op(array, item["op"])).save(target, format="PNG")
+        Image.fromarray(apply_op(array, item["op"])).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *, protocol: str = "honest",

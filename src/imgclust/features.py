@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from imgclust.errors import InputDataError
 from imgclust.images import load_array, pil_mode, resample_filter
 
+
 class PixelScaler(BaseEstimator, TransformerMixin):
     """uint8 pixels -> float32 in [0, 1] (``scale`` = 1/255); stateless."""
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import hashlib
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -15,8 +15,8 @@ from PIL import Image
 from imgclust.archives import source_folder
 from imgclust.cliopts import bool_option
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
-from imgclust.fsutil import atomic_dir, class_folders, is_image_file, sha256_file, write_csv, write_json
-from imgclust.images import open_image
+from imgclust.fsutil import atomic_dir, class_folders, is_image_file, write_csv, write_json
+from imgclust.images import check_image
 from imgclust.parallel import pmap
 
 MANIFEST_FIELDS = ("path", "class", "width", "height", "mode", "sha256")
@@ -93,29 +93,32 @@ def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
     return files, ignored
 
 
-def _describe(path: Path, source: Path) -> dict:
+def _snapshot_one(path: Path, source: Path, raw_dir: Path) -> dict:
+    """Read ``path`` once: check that it is an intact image, hash it and write it to ``raw_dir``.
+
+    Returns its manifest row, or ``{"path", "error"}`` for a file that does not decode (not written).
+    """
+    rel = path.relative_to(source).as_posix()
+    data = path.read_bytes()
     try:
         # Pillow only warns between its pixel limit and twice that; refuse those images too
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = open_image(path)
+            width, height, mode = check_image(path, data)
     except CorruptImageError as exc:
-        return {"path": path.relative_to(source).as_posix(), "error": str(exc.__cause__ or exc)}
+        return {"path": rel, "error": str(exc.__cause__ or exc)}
     except Image.DecompressionBombWarning as exc:
-        return {"path": path.relative_to(source).as_posix(), "error": f"refused: {exc}"}
-    return {
-        "path": path.relative_to(source).as_posix(),
-        "class": path.relative_to(source).parts[0],
-        "width": image.width,
-        "height": image.height,
-        "mode": image.mode,
-        "sha256": sha256_file(path),
-    }
+        return {"path": rel, "error": f"refused: {exc}"}
+    target = raw_dir / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return {"path": rel, "class": path.relative_to(source).parts[0], "width": width,
+            "height": height, "mode": mode, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def ingest(source: Path | str, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool = False,
            workers: int | None = None, sha256: str = "") -> IngestReport:
-    """Copy every decodable image of ``source`` into ``raw_dir`` and write its manifest.
+    """Snapshot every intact image of ``source`` into ``raw_dir`` and write its manifest.
 
     ``source`` is a folder of class subfolders, or a .zip/.tar.gz/.tgz of one (a local path or an
     http(s) URL), verified against ``sha256`` before extraction (required for URLs).
@@ -133,24 +136,23 @@ def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_cor
     """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
     files, ignored = scan_source(source)
     all_files = [path for paths in files.values() for path in paths]
-    described = pmap(partial(_describe, source=source), all_files, desc="ingest", workers=workers)
-    corrupt = [row for row in described if "error" in row]
-    if corrupt and not skip_corrupt:
-        named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
-        listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
-        raise CorruptImageError(
-            f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
-            "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
-            named,
-        )
+    with atomic_dir(raw_dir) as tmp:
+        # workers write the snapshot as they validate it; a failure below discards it whole
+        described = pmap(partial(_snapshot_one, source=source, raw_dir=tmp), all_files, desc="ingest",
+                         unit="file", workers=workers)
+        corrupt = [row for row in described if "error" in row]
+        if corrupt and not skip_corrupt:
+            named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
+            listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
+            raise CorruptImageError(
+                f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
+                "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
+                named,
+            )
     rows = [row for row in described if "error" not in row]
     report = IngestReport(ignored=ignored, corrupt=corrupt, duplicates_across_classes=duplicates_across_classes(rows))
-    with atomic_dir(raw_dir) as tmp:
-        for row in rows:
-            target = tmp / row["path"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / row["path"], target)
-            report.images[row["class"]] = report.images.get(row["class"], 0) + 1
+    for row in rows:
+        report.images[row["class"]] = report.images.get(row["class"], 0) + 1
     write_csv(manifest_path, rows, MANIFEST_FIELDS)
     return report
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from imgclust.errors import OutputCollisionError, ParamError
 from imgclust.fsutil import atomic_dir, class_folders, is_image_file
-from imgclust.images import load_array, pil_mode, resample_filter
+from imgclust.images import PNG_COMPRESS_LEVEL, load_array, pil_mode, resample_filter
 from imgclust.parallel import pmap
 
 
@@ -18,7 +18,7 @@ def _resize_one(job: tuple[Path, Path], size: tuple[int, int], color_mode: str, 
     source, target = job
     array = load_array(source, color_mode, size, resample)
     target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(target, format="PNG")
+    Image.fromarray(array).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def resize_images(in_dir: Path, out_dir: Path, width: int, height: int, color_mode: str = "gray",

@@ -1,15 +1,14 @@
-"""Copy data/raw to data/stripped without the segmentation mask files."""
+"""Pass data/raw on to data/stripped without the segmentation mask files (files linked, not copied)."""
 
 from __future__ import annotations
 
 import fnmatch
-import shutil
 from pathlib import Path
 
 import typer
 
 from imgclust.errors import EmptyClassError, ParamError
-from imgclust.fsutil import atomic_dir, class_folders, is_image_file, write_json
+from imgclust.fsutil import atomic_dir, class_folders, is_image_file, link_or_copy, write_json
 
 
 def is_mask(name: str, patterns: list[str]) -> bool:
@@ -17,8 +16,9 @@ def is_mask(name: str, patterns: list[str]) -> bool:
 
 
 def strip_masks(raw_dir: Path, out_dir: Path, patterns: list[str]) -> dict:
-    """Copy every image of ``raw_dir`` that matches none of the mask ``patterns`` (fnmatch, on the
-    file name, case-insensitive) to ``out_dir``; ``raw_dir`` is only read. Returns counts."""
+    """Pass every image of ``raw_dir`` that matches none of the mask ``patterns`` (fnmatch, on the
+    file name, case-insensitive) on to ``out_dir`` unchanged (linked or copied); ``raw_dir`` is only
+    read. Returns counts."""
     if not patterns:
         raise ParamError("strip_masks.patterns is empty; give at least one mask pattern such as '*_mask*.png'.")
     raw_dir = Path(raw_dir)
@@ -33,7 +33,7 @@ def strip_masks(raw_dir: Path, out_dir: Path, patterns: list[str]) -> dict:
                     continue
                 target = tmp / path.relative_to(raw_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, target)
+                link_or_copy(path, target)
                 n_kept += 1
             if not n_kept:
                 raise EmptyClassError(

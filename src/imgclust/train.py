@@ -36,7 +36,7 @@ def check_params(n_fit_pca: int, n_train: int, n_features: int, n_components: in
 def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_components: int | None,
                   whiten: bool = False, svd_solver: str = "auto", n_clusters: int = 3, n_init: int = 10,
                   random_state: int = 0, pca_on_all: bool = False, scalable_threshold: int = 20000,
-                  batch_size: int = 1024):
+                  batch_size: int = 256):
     """Return a fitted ``Pipeline``. PCA is fitted on the train rows, or on all rows when
     ``pca_on_all`` (the tutorial protocol, as the seed recipe did); KMeans always on train rows.
 
@@ -61,16 +61,18 @@ def build_and_fit(features: np.ndarray, is_train: np.ndarray, *, method: str, n_
     check_params(n_fit_pca, n_train, features.shape[1], n_components, n_clusters, svd_solver)
     steps = [("scale", PixelScaler())] if method == "pixels" else []
     if n_components:
+        # copy=False: PCA receives a float matrix made for this fit alone (scaled pixels or a
+        # fancy-indexed copy; a read-only memory map is still copied), so it is centred in place
+        # instead of being duplicated (2.6 GB for 18,000 images of 190x190)
         steps.append(("pca", PCA(n_components=n_components, whiten=whiten, svd_solver=svd_solver,
-                                 random_state=random_state)))
+                                 random_state=random_state, copy=False)))
     kmeans = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=random_state)
     pipeline = Pipeline(steps + [("kmeans", kmeans)])
     if len(steps) == 0:
         pipeline.fit(features[is_train])
         return pipeline
-    transform = pipeline[:-1]
-    transform.fit(features if pca_on_all else features[is_train])
-    kmeans.fit(transform.transform(features[is_train]))
+    pipeline[:-1].fit(features if pca_on_all else features[is_train])
+    kmeans.fit(embed(pipeline, features[is_train]))  # batch by batch: no second full float matrix
     return pipeline
 
 
@@ -140,7 +142,7 @@ def command(
     n_init: int = typer.Option(10, help="KMeans initialisations."),
     random_state: int = typer.Option(0, help="Seed of PCA and KMeans."),
     scalable_threshold: int = typer.Option(20000, help="Rows from which IncrementalPCA + MiniBatchKMeans are used (0: never)."),
-    batch_size: int = typer.Option(1024, help="Rows per batch for the scalable solvers (memory grows with it)."),
+    batch_size: int = typer.Option(256, help="Rows per batch for the scalable solvers (memory grows with it)."),
 ) -> None:
     import joblib
 
