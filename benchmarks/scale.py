@@ -40,7 +40,6 @@ import yaml
 from project_copy import REPO, make_project
 
 BUSI256 = REPO.parent / "shared" / "datasets" / "busi256"
-STAGES = ("ingest", "strip_masks", "resize", "split", "augment", "featurize", "train", "evaluate")
 START = "dvc: start"
 MEASURE = """
 import resource, subprocess, sys, time
