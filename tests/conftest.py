@@ -64,6 +64,13 @@ def busi_sample() -> Path:
 
 
 @pytest.fixture
+def busi256() -> Path:
+    if not BUSI256.is_dir():
+        pytest.skip("../shared/datasets/busi256 not present")
+    return BUSI256
+
+
+@pytest.fixture
 def copy_of(tmp_path):
     def _copy(src: Path, name: str = "src") -> Path:
         dst = tmp_path / name

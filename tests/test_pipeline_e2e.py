@@ -19,7 +19,9 @@ from PIL import Image
 
 from conftest import REPO
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore")
+sys.path.insert(0, str(REPO / "benchmarks"))  # one way to copy the project: the benchmarks' helper
+from project_copy import make_project as copy_project  # noqa: E402
+
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
@@ -40,24 +42,10 @@ def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess
 
 
 def make_project(root: Path, **overrides) -> Path:
-    """A fresh git + DVC repository holding the project's pipeline files and ``src/`` (a stage dep)."""
+    """A fresh git + DVC repository holding the project's pipeline files and ``src/`` (a stage dep),
+    made as the benchmarks make theirs; ``overrides`` set params, ``__`` between levels (resize__width=64)."""
     root.mkdir(parents=True)
-    for name in PROJECT_FILES:
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    shutil.copytree(REPO / "src" / "imgclust", root / "src" / "imgclust",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        node = params
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git", "init", "-q", cwd=root)
-    sh("git", "add", "-A", cwd=root)
-    sh("git", "commit", "-qm", "project", cwd=root)
+    copy_project(root, {key.replace("__", "."): value for key, value in overrides.items()}, _env())
     return root
 
 

@@ -17,7 +17,7 @@ from imgclust.errors import ParamError
 from imgclust.featurize import featurize, load_features
 from imgclust.train import SVD_SOLVERS, build_and_fit, check_params
 
-from conftest import BUSI256, REPO, run_data_stages
+from conftest import REPO, run_data_stages
 
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
@@ -161,15 +161,14 @@ def test_scalable_solvers_above_the_threshold(data):
     assert adjusted_rand_score(exact.predict(np.asarray(features)), labels) > 0.5
 
 
-@pytest.mark.skipif(not BUSI256.is_dir(), reason="../shared/datasets/busi256 not present")
-def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path):
+def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path, busi256):
     """The shipped defaults on the 780 BUSI images at 190x190 (honest protocol, 10 % test): forcing
     IncrementalPCA + MiniBatchKMeans changes train and test ARI by at most 0.01, and the exact
     solvers give the ARI the README reports (0.097 / -0.022)."""
     from sklearn.metrics import adjusted_rand_score
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    features_dir = build_features(tmp_path, BUSI256, size=190, test_size=params["split"]["test_size"])
+    features_dir = build_features(tmp_path, busi256, size=190, test_size=params["split"]["test_size"])
     features, index, _ = load_features(features_dir)
     is_train = np.array([row["split"] == "train" for row in index])
     classes = np.array([row["class"] for row in index])
