@@ -1,23 +1,20 @@
-"""Shared fixtures: real images (generated, or from ../shared when present), a real Keras home."""
+"""Shared fixtures: real images (generated, or from ../shared when present), a real Keras home.
+
+Tests under tests/system/ run real dvc, mlflow and servers in subprocesses: they are marked slow
+here, so ``pytest -m "not slow"`` is the fast tier (tests/unit/)."""
 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-KERAS_HOME = SHARED / "keras"
-BUSI_SAMPLE = SHARED / "datasets" / "busi-sample"
-BUSI256 = SHARED / "datasets" / "busi256"
+from support.paths import BUSI256, BUSI_SAMPLE, KERAS_HOME, SHARED
+from support.project import tree_hashes
 
 # Keras reads KERAS_HOME when it is first imported, and writes a keras.json into it: point it,
 # before any test imports keras, at a private copy of the shared (read-only) Keras home.
@@ -30,11 +27,13 @@ if KERAS_HOME.is_dir() and "KERAS_HOME" not in os.environ:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
+SYSTEM_TESTS = Path(__file__).parent / "system"
 
-def tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every regular file under ``root`` (links are not followed)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SYSTEM_TESTS in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,7 +48,7 @@ def shared_datasets_unchanged():
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory) -> Path:
     """A small synthetic BUSI-like dataset (read-only by convention: copy it before changing it)."""
-    from imgclust.synthesize import synthesize
+    from imgclust.stages.synthesize import synthesize
 
     out = tmp_path_factory.mktemp("synthetic") / "dataset"
     synthesize(out, n_images=36, seed=0)
@@ -78,45 +77,3 @@ def copy_of(tmp_path):
         return dst
 
     return _copy
-
-
-def imgclust_bin() -> list[str]:
-    """The installed console script (the real CLI as users run it)."""
-    exe = Path(sys.executable).with_name("imgclust")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "imgclust"]
-
-
-@pytest.fixture
-def run_cli():
-    def _run(*args: str, cwd: Path | None = None, env: dict | None = None, check: bool = True):
-        proc = subprocess.run([*imgclust_bin(), *args], cwd=cwd, capture_output=True, text=True,
-                              env={**os.environ, **(env or {})})
-        if check and proc.returncode != 0:
-            raise AssertionError(f"imgclust {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    return _run
-
-
-BALANCING_OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
-
-
-def run_data_stages(root: Path, source: Path, mode: str = "gray", size: int = 32,
-                    test_size: float = 0.25) -> dict[str, Path]:
-    """Run the real data stages (ingest -> augment) on ``source`` into ``root``; return the paths
-    the model stages need."""
-    from imgclust.augment import augment
-    from imgclust.fsutil import write_csv
-    from imgclust.ingest import ingest
-    from imgclust.resize import resize_images
-    from imgclust.split import SPLIT_FIELDS, list_images, split_rows
-    from imgclust.strip_masks import strip_masks
-
-    root.mkdir(parents=True, exist_ok=True)
-    ingest(source, root / "raw", root / "raw.csv", workers=1)
-    strip_masks(root / "raw", root / "stripped", ["*_mask*.png"])
-    resize_images(root / "stripped", root / "resized", size, size, mode, "lanczos", workers=1)
-    write_csv(root / "split.csv", split_rows(list_images(root / "resized"), test_size, 0), SPLIT_FIELDS)
-    augment(root / "resized", root / "split.csv", root / "augmented", root / "augmented.csv",
-            protocol="honest", ops=BALANCING_OPS, target="max", seed=0, workers=1)
-    return {"images": root / "augmented", "manifest": root / "augmented.csv", "split": root / "split.csv"}

@@ -1,7 +1,7 @@
-"""The ``imgclust`` command line: one Typer command per pipeline stage.
+"""The ``imgclust`` command line: one Typer command per pipeline stage and per tool.
 
-Each stage module exposes a pure function and a thin ``command`` wrapper; this module only
-registers them and turns imgclust's exceptions into a message and a non-zero exit.
+Each stage and tool module defines a thin ``command``; this module only registers them and turns
+imgclust's exceptions into a message and exit code 2.
 """
 
 from __future__ import annotations
@@ -21,23 +21,24 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# command name -> module defining ``command`` (the pipeline stages, then the tools around runs); modules are imported here, so they must stay cheap
-# at import time (heavy libraries such as TensorFlow and MLflow are imported inside functions).
+# command name -> module defining ``command``: the pipeline stages (dvc.yaml), then the tools around
+# runs. Modules are imported here, so they stay cheap at import time (heavy libraries such as
+# TensorFlow and MLflow are imported inside functions).
 COMMANDS = {
-    "synthesize": "imgclust.synthesize",
-    "ingest": "imgclust.ingest",
-    "strip-masks": "imgclust.strip_masks",
-    "resize": "imgclust.resize",
-    "split": "imgclust.split",
-    "augment": "imgclust.augment",
-    "featurize": "imgclust.featurize",
-    "train": "imgclust.train",
-    "evaluate": "imgclust.evaluate",
-    "scan-k": "imgclust.kscan",
-    "compare": "imgclust.compare",
-    "register": "imgclust.registry",
-    "predict": "imgclust.predict",
-    "reproduce": "imgclust.reproduce",
+    "synthesize": "imgclust.stages.synthesize",
+    "ingest": "imgclust.stages.ingest",
+    "strip-masks": "imgclust.stages.strip_masks",
+    "resize": "imgclust.stages.resize",
+    "split": "imgclust.stages.split",
+    "augment": "imgclust.stages.augment",
+    "featurize": "imgclust.stages.featurize",
+    "train": "imgclust.stages.train",
+    "evaluate": "imgclust.stages.evaluate",
+    "scan-k": "imgclust.tools.scan_k",
+    "compare": "imgclust.tools.compare",
+    "register": "imgclust.tools.register",
+    "predict": "imgclust.tools.predict",
+    "reproduce": "imgclust.tools.reproduce",
 }
 
 
@@ -51,24 +52,6 @@ def _exits_cleanly(func):
             raise typer.Exit(code=2) from exc
 
     return wrapper
-
-
-@app.callback()
-@_exits_cleanly
-def _check_params_file() -> None:
-    """Refuse an invalid ./params.yaml before any command runs, so no stage under `dvc repro` starts
-    work on bad parameters. Set IMGCLUST_SKIP_PARAMS_CHECK=1 to skip the check."""
-    import os
-    import sys
-    from pathlib import Path
-
-    params_file = Path("params.yaml")
-    # a subcommand's --help is not visible to this callback in click's context: look at argv
-    if os.environ.get("IMGCLUST_SKIP_PARAMS_CHECK") or not params_file.is_file() or "--help" in sys.argv[1:]:
-        return
-    from imgclust.params import load_params
-
-    load_params(params_file)
 
 
 def _register() -> None:

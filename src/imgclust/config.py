@@ -1,0 +1,264 @@
+"""params.yaml, typed: the one route by which stages and tools read parameter values.
+
+``load()`` reads and validates the whole file and returns a ``PipelineParams``; a stage takes
+its own sections from it (and dvc.yaml lists exactly those keys as the stage's ``params``). The
+schema is a set of pydantic models (declarative, and pydantic collects every problem in one pass
+instead of stopping at the first); this module adds did-you-mean hints and one readable message.
+Allowed values come from the core modules that use them, so they cannot drift. The defaults live in
+params.yaml alone: every key is required here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from imgclust.core.backbones import BACKBONES, POOLINGS
+from imgclust.core.clustering import SVD_SOLVERS
+from imgclust.core.feature_store import METHODS
+from imgclust.core.images import COLOR_MODES, OPS, RESAMPLE_FILTERS
+from imgclust.core.phantoms import MIN_IMAGES
+from imgclust.core.protocols import PROTOCOLS
+from imgclust.errors import ParamError, did_you_mean
+
+PARAMS_FILE = Path("params.yaml")
+SHA256_PATTERN = r"^([0-9a-fA-F]{64})?$"
+
+
+def _one_of(*choices: str):
+    """A string restricted to ``choices``; the error suggests the closest one."""
+
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(map(repr, choices))}.{did_you_mean(value, choices)}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+def _unique(values: list) -> list:
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"{repeated} appear more than once; each op may appear once.")
+    return values
+
+
+def _max_or_positive(value: Any) -> str | int:
+    if value != "max" and not (type(value) is int and value >= 1):  # type(): True is not a count
+        raise ValueError(f"must be 'max' or an integer >= 1, got {value!r}.{did_you_mean(value, ['max'])}")
+    return value
+
+
+def _tutorial_specs(specs: list[str]) -> list[str]:
+    """Each entry reads ``class=op+op`` with known ops."""
+    for spec in specs:
+        cls, sep, ops = spec.partition("=")
+        if not sep or not cls.strip() or not ops.strip():
+            raise ValueError(f"entry {spec!r} must look like 'class=op+op', e.g. 'normal=rot180+flip_lr'.")
+        for op in (op.strip() for op in ops.split("+")):
+            if op not in OPS:
+                raise ValueError(f"entry {spec!r}: unknown op {op!r}.{did_you_mean(op, OPS)}")
+    return specs
+
+
+Op = _one_of(*OPS)
+PositiveInt = Annotated[int, Field(ge=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy/scikit-learn seeds
+
+
+class _Section(BaseModel):
+    # strict: YAML already types values, so a quoted "190" or a `yes` for a number is a mistake
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class DataParams(_Section):
+    source: Annotated[str, Field(min_length=1)]
+    sha256: Annotated[str, Field(pattern=SHA256_PATTERN)] = ""
+
+    @model_validator(mode="after")
+    def _url_needs_checksum(self):
+        if urlsplit(self.source).scheme in ("http", "https") and not self.sha256:
+            raise ValueError(f"source is a URL ({self.source}); set data.sha256 to the archive's sha256 "
+                             "so the download is verified.")
+        return self
+
+
+class SynthesizeParams(_Section):
+    n_images: Annotated[int, Field(ge=MIN_IMAGES)]
+    seed: Seed
+
+
+class IngestParams(_Section):
+    skip_corrupt: bool
+
+
+class StripMasksParams(_Section):
+    patterns: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+
+
+class ResizeParams(_Section):
+    width: PositiveInt
+    height: PositiveInt
+    mode: _one_of(*COLOR_MODES)
+    resample: _one_of(*RESAMPLE_FILTERS)
+
+
+class SplitParams(_Section):
+    test_size: Annotated[float, Field(ge=0, lt=1)]
+    seed: Seed
+
+
+class AugmentParams(_Section):
+    ops: Annotated[list[Op], AfterValidator(_unique)]
+    target: Annotated[Any, AfterValidator(_max_or_positive)]
+    seed: Seed
+    tutorial_ops: Annotated[list[str], AfterValidator(_tutorial_specs)]
+
+
+class CnnParams(_Section):
+    backbone: _one_of(*BACKBONES)
+    alpha: Annotated[float, Field(gt=0)]
+    weights: Annotated[str, Field(min_length=1)]  # imagenet | none | a weights file
+    input_size: Annotated[int, Field(ge=0)]       # 0: the backbone's default
+    pooling: _one_of(*(p for p in POOLINGS if p))
+    batch_size: PositiveInt
+
+
+class FeaturizeParams(_Section):
+    method: _one_of(*METHODS)
+    batch_size: PositiveInt
+    cnn: CnnParams
+
+
+class PcaParams(_Section):
+    n_components: Annotated[int, Field(ge=0)]  # 0: no PCA
+    whiten: bool
+    svd_solver: _one_of(*SVD_SOLVERS)
+
+
+class KmeansParams(_Section):
+    n_clusters: Annotated[int, Field(ge=2)]
+    n_init: PositiveInt
+    random_state: Seed
+
+
+class ScalableParams(_Section):
+    threshold: Annotated[int, Field(ge=0)]  # rows from which the batched solvers are used (0: never)
+    batch_size: PositiveInt
+
+
+class TrainParams(_Section):
+    pca: PcaParams
+    kmeans: KmeansParams
+    scalable: ScalableParams
+
+
+class EvaluateParams(_Section):
+    thumbnails: Annotated[int, Field(ge=0)]
+
+
+class MlflowParams(_Section):
+    experiment_name: Annotated[str, Field(min_length=1)]
+
+
+class PipelineParams(_Section):
+    """The whole of params.yaml."""
+
+    protocol: _one_of(*PROTOCOLS)
+    data: DataParams
+    synthesize: SynthesizeParams
+    ingest: IngestParams
+    strip_masks: StripMasksParams
+    resize: ResizeParams
+    split: SplitParams
+    augment: AugmentParams
+    featurize: FeaturizeParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    mlflow: MlflowParams
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    """The model that holds the key at ``loc`` (for suggesting its known keys)."""
+    model: Any = PipelineParams
+    for key in loc[:-1]:
+        field = getattr(model, "model_fields", {}).get(key)
+        if field is None:
+            return None
+        model = field.annotation
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _describe(error: dict) -> str:
+    where = ".".join(str(part) for part in error["loc"])
+    kind = error["type"]
+    if not where:
+        return f"the file must be a mapping of parameter sections such as 'resize:', got {error['input']!r}."
+    if kind == "extra_forbidden":
+        known = list(getattr(_section_model(error["loc"]), "model_fields", {}))
+        hint = did_you_mean(error["loc"][-1], known) or f" Known keys here: {', '.join(known)}."
+        return f"{where}: unknown key.{hint}"
+    if kind == "missing":
+        return f"{where}: missing (required)."
+    if kind == "value_error":  # our own validators: their message already says what and why
+        return f"{where}: {error['ctx']['error']}"
+    return f"{where}: {error['msg']} (got {error['input']!r})."
+
+
+def validate(params: Any, origin: str = str(PARAMS_FILE)) -> PipelineParams:
+    """``params`` (the parsed params.yaml) as a PipelineParams; ParamError listing every problem."""
+    try:
+        return PipelineParams.model_validate(params)
+    except ValidationError as exc:
+        problems = [_describe(error) for error in exc.errors(include_url=False)]
+        raise ParamError(f"{origin}: {len(problems)} invalid parameter(s):\n"
+                         + "\n".join(f"  - {p}" for p in problems)) from None
+
+
+def read(path: Path = PARAMS_FILE) -> Any:
+    """The parsed YAML of ``path``, not validated."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamError(f"{path}: not found; run imgclust from the project folder (where dvc.yaml is).") from None
+    except yaml.YAMLError as exc:
+        raise ParamError(f"{path}: not valid YAML ({exc}).") from None
+
+
+class UndeclaredParamError(AttributeError):
+    """Code read a key of params.yaml that its stage does not declare: DVC would not rerun the
+    stage when that key changes. Add the key to the stage's PARAMS and its dvc.yaml ``params``."""
+
+
+class ParamsView:
+    """The keys of a PipelineParams that a stage declared (dotted, e.g. ``resize.resample``), read
+    as attributes like the model itself; reading any other key raises UndeclaredParamError."""
+
+    def __init__(self, model: BaseModel, keys: tuple[str, ...], prefix: str = ""):
+        self._model, self._keys, self._prefix = model, keys, prefix
+
+    def __getattr__(self, name: str):
+        dotted = f"{self._prefix}{name}"
+        if dotted in self._keys:
+            return getattr(self._model, name)
+        if any(key.startswith(f"{dotted}.") for key in self._keys):
+            return ParamsView(getattr(self._model, name), self._keys, f"{dotted}.")
+        raise UndeclaredParamError(f"{dotted} is not among the declared parameters {', '.join(self._keys)}.")
+
+
+def load(keys: tuple[str, ...] | None = None, path: Path = PARAMS_FILE) -> PipelineParams:
+    """Read and validate ``path`` (the project's params.yaml, whole); with ``keys`` (a stage's
+    PARAMS), return a view that reads those keys only."""
+    params = validate(read(path), origin=str(path))
+    return params if keys is None else ParamsView(params, tuple(keys))
+
+
+def experiment_name(path: Path = PARAMS_FILE) -> str | None:
+    """``mlflow.experiment_name`` of the project's params.yaml, None outside a project (tools then
+    use the default experiment)."""
+    return load(("mlflow.experiment_name",), path).mlflow.experiment_name if Path(path).is_file() else None

@@ -1,0 +1,67 @@
+"""Process-pool maps with a progress bar, and batching helpers for streaming over large arrays."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+from tqdm import tqdm
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pmap(func: Callable, items: Sequence, *, desc: str, workers: int | None = None,
+         unit: str = "img", chunksize: int | None = None) -> list:
+    """``[func(x) for x in items]`` over a process pool, in order, with a tqdm bar.
+
+    Small inputs run in-process: a pool costs more to start than it saves.
+    """
+    workers = workers or default_workers()
+    bar = dict(total=len(items), desc=desc, unit=unit, disable=None, leave=False)
+    if workers <= 1 or len(items) < 32:
+        return [func(item) for item in tqdm(items, **bar)]
+    chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(func, items, chunksize=chunksize), **bar))
+
+
+def imap(func: Callable, items: Sequence, *, workers: int | None = None, window: int = 256) -> Iterator:
+    """Lazily yield ``func(x)`` for ``items`` in order, computed by a process pool (in-process for
+    small inputs). At most ``window`` results are pending, so a slow consumer bounds memory."""
+    workers = workers or default_workers()
+    if workers <= 1 or len(items) < 32:
+        yield from map(func, items)
+        return
+    # spawn, not fork: the caller may already run TensorFlow threads, which a fork must not copy
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(func, item))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def release_pages(array) -> None:
+    """Drop a memory-mapped array's pages from this process's resident memory (the OS keeps them
+    in its page cache), so streaming batch by batch over a large feature file keeps RSS bounded."""
+    import mmap
+
+    mapping = getattr(array, "_mmap", None)
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)

@@ -1,0 +1,131 @@
+"""Evaluation protocols: how originals are split into train and test, and which augmented copies
+balance the classes.
+
+Honest protocol: a stratified split of the ORIGINAL images first, then only TRAIN classes are
+topped up with rotated/flipped copies, so no copy of a test image can reach training. Tutorial
+protocol: the seed recipe, augmenting whole classes by fixed ops and splitting afterwards (copies of
+one image can fall on both sides, as in the original).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from imgclust.core.fsutil import class_folders, is_image_file
+from imgclust.core.images import check_ops
+from imgclust.errors import InputDataError, ParamError
+
+PROTOCOLS = ("honest", "tutorial")
+SPLIT_FIELDS = ("path", "class", "split")
+AUGMENTED_FIELDS = ("path", "class", "split", "source", "op")
+
+
+def list_images(image_dir: Path) -> list[tuple[str, str]]:
+    """(relative path, class) of every image under ``image_dir``'s class folders, sorted."""
+    image_dir = Path(image_dir)
+    return [(p.relative_to(image_dir).as_posix(), folder.name)
+            for folder in class_folders(image_dir)
+            for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)]
+
+
+def split_rows(items: list[tuple[str, str]], test_size: float, seed: int, stratify: bool = True) -> list[dict]:
+    """Assign each (path, class) to train or test; stratified by class unless told otherwise."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0 <= test_size < 1:
+        raise ParamError(f"split.test_size must be in [0, 1), got {test_size}.")
+    if test_size == 0:
+        return [{"path": p, "class": c, "split": "train"} for p, c in items]
+    if not items:
+        raise InputDataError("no image to split; check the resize stage's output folder.")
+    labels = [c for _, c in items]
+    if stratify:
+        n_test = int(-(-test_size * len(items) // 1))  # sklearn rounds the test share up
+        smallest = min(Counter(labels).values())
+        n_classes = len(set(labels))
+        if smallest < 2 or n_test < n_classes or len(items) - n_test < n_classes:
+            raise ParamError(
+                f"cannot stratify {len(items)} images over {len(set(labels))} classes with "
+                f"split.test_size={test_size} (smallest class: {smallest}); raise test_size or add images."
+            )
+    train_idx, _ = train_test_split(range(len(items)), test_size=test_size, random_state=seed,
+                                    stratify=labels if stratify else None)
+    train = set(train_idx)
+    return [{"path": p, "class": c, "split": "train" if i in train else "test"}
+            for i, (p, c) in enumerate(items)]
+
+
+def check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ParamError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+
+
+def parse_tutorial_ops(specs: list[str]) -> dict[str, list[str]]:
+    """``["malignant=rot180", "normal=rot180+flip_lr"]`` -> {class: [ops]}."""
+    mapping: dict[str, list[str]] = {}
+    for spec in specs:
+        cls, sep, ops = spec.partition("=")
+        if not sep or not cls.strip():
+            raise ParamError(f"augment.tutorial_ops entry {spec!r} must look like 'class=op+op'.")
+        mapping[cls.strip()] = [op.strip() for op in ops.split("+") if op.strip()]
+    for ops in mapping.values():
+        check_ops(ops)
+    return mapping
+
+
+def _copy_name(rel: str, op: str) -> str:
+    path = Path(rel)
+    return path.with_name(f"{path.stem}__{op}{path.suffix}").as_posix()
+
+
+def plan_honest(split: list[dict], ops: list[str], target: str | int, seed: int) -> list[dict]:
+    """Every original keeps its split; TRAIN classes are topped up to ``target`` images each by
+    applying ops in order (a seeded random order of images per op), never one op twice per image."""
+    train_counts = Counter(row["class"] for row in split if row["split"] == "train")
+    if not train_counts:
+        raise InputDataError("the split has no train image; lower split.test_size.")
+    if target == "max":
+        goal = max(train_counts.values())
+    else:
+        try:
+            goal = int(target)
+        except ValueError:
+            raise ParamError(f"augment.target must be 'max' or an integer, got {target!r}.") from None
+    rng = np.random.default_rng(seed)
+    plan = [dict(row, source=row["path"], op="none") for row in split]
+    for cls in sorted(train_counts):
+        images = sorted(row["path"] for row in split if row["split"] == "train" and row["class"] == cls)
+        needed = goal - len(images)
+        if needed > len(images) * len(ops):
+            raise ParamError(
+                f"class {cls!r} has {len(images)} train images; {len(ops)} op(s) can add at most "
+                f"{len(images) * len(ops)} of the {needed} needed to reach {goal}. "
+                "Add ops to augment.ops or lower augment.target."
+            )
+        for op in ops:
+            if needed <= 0:
+                break
+            for source in (images[i] for i in rng.permutation(len(images))[:needed]):
+                plan.append({"path": _copy_name(source, op), "class": cls, "split": "train",
+                             "source": source, "op": op})
+            needed -= min(needed, len(images))
+    return plan
+
+
+def plan_tutorial(images: list[tuple[str, str]], class_ops: dict[str, list[str]],
+                  test_size: float, seed: int) -> list[dict]:
+    """The seed recipe: every image of a class gets each of its class's ops, then a plain
+    (unstratified) random split over originals and copies together."""
+    unknown = set(class_ops) - {cls for _, cls in images}
+    if unknown:
+        raise ParamError(f"augment.tutorial_ops names class(es) {sorted(unknown)} not in the data.")
+    items = []
+    for rel, cls in images:
+        items.append({"path": rel, "class": cls, "source": rel, "op": "none"})
+        items.extend({"path": _copy_name(rel, op), "class": cls, "source": rel, "op": op}
+                     for op in class_ops.get(cls, []))
+    splits = split_rows([(it["path"], it["class"]) for it in items], test_size, seed, stratify=False)
+    return [dict(item, split=s["split"]) for item, s in zip(items, splits)]

@@ -1,0 +1,124 @@
+"""Stage evaluate: score the clustering against the classes, draw the plots, and record the run in
+MLflow with the parameters every stage recorded in dvc.lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from imgclust import config
+from imgclust.core import plots
+from imgclust.core.clustering import evaluate_model
+from imgclust.core.extractors import ImageLoader, image_pipeline, make_extractor
+from imgclust.core.feature_store import load_features
+from imgclust.core.fsutil import write_csv, write_json
+from imgclust.core.metrics import cluster_class_mapping
+from imgclust.errors import InputDataError
+from imgclust.tracking import naming, runs
+
+# the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
+PARAMS = ("evaluate", "mlflow", "resize.resample")
+
+PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
+LOCK_FILE = Path("dvc.lock")
+
+
+def cluster_classes(result: dict) -> dict[str, str]:
+    """The class most represented in each cluster among TRAIN rows (JSON keys are strings)."""
+    train = result["splits"] == "train"
+    mapping = cluster_class_mapping(result["clusters"][train], result["labels"][train])
+    return {str(cluster): cls for cluster, cls in mapping.items()}
+
+
+def own_params(params: config.PipelineParams) -> dict:
+    """The keys this stage reads (dvc.yaml lists exactly these)."""
+    return {"evaluate": params.evaluate.model_dump(), "mlflow": params.mlflow.model_dump(),
+            "resize": {"resample": params.resize.resample}}
+
+
+def logged_params(params: config.PipelineParams, lock_file: Path) -> dict:
+    """What the run logs: the parameters every stage recorded in dvc.lock, with this stage's own."""
+    merged = runs.dvc_lock_params(lock_file)
+    for key, value in naming.flatten(own_params(params)).items():
+        naming.set_dotted(merged, key, value)
+    return merged
+
+
+def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, plots_dir: Path,
+        predictions_path: Path, run_info: Path, reports: list[Path], params: config.PipelineParams,
+        mlflow_log: bool = True) -> dict:
+    """Write metrics, predictions and plots; log the run to MLflow and write its id to ``run_info``."""
+    import joblib
+
+    if not model_path.is_file():
+        raise InputDataError(f"{model_path}: not found; run the train stage (dvc repro train).")
+    pipeline = joblib.load(model_path)
+    features, index, meta = load_features(features_dir)
+    result = evaluate_model(pipeline, features, index)
+    metrics = result["metrics"]
+    # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
+    write_json(metrics_path, {split: {k: (None if v != v else v) for k, v in values.items()}
+                              for split, values in metrics.items()})
+    clusters = result["clusters"]
+    write_csv(predictions_path, ({"file": r["file"], "class": r["class"], "split": r["split"], "op": r["op"],
+                                  "cluster": int(c)} for r, c in zip(index, clusters)), PREDICTION_FIELDS)
+
+    test_rows = result["splits"] == "test"
+    shown = test_rows if test_rows.any() else np.ones(len(index), bool)
+    plots.plot_contingency(clusters[shown], result["labels"][shown], plots_dir / "contingency.png",
+                           title=f"Clusters x classes ({'test' if test_rows.any() else 'all'} images)")
+    plots.plot_scatter(plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps), clusters,
+                       result["labels"], plots_dir / "scatter.png", title="Images in the clustering space")
+    thumbs, captions = plots.thumbnails_by_cluster(index, clusters, images, params.evaluate.thumbnails)
+    sizes = {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True))}
+    plots.plot_thumbnails(thumbs, plots_dir / "thumbnails.png", captions, title="Sample images per cluster",
+                          cluster_sizes=sizes)
+    if not mlflow_log:
+        return {"metrics": metrics}
+
+    summary = {"features": meta, "reports": {}}
+    for report in reports:
+        if report.is_file():
+            summary["reports"][report.stem] = json.loads(report.read_text())
+    # decode new images exactly as the training images were: their size and mode come from the
+    # features themselves, the resampling filter from the resize parameters
+    height, width = meta["image_shape"][:2]
+    loader = ImageLoader(width, height, meta["color_mode"], params.resize.resample)
+    extractor = make_extractor(meta["method"], meta["extractor"])
+    test_index = [i for i, r in enumerate(index) if r["split"] == "test"] or list(range(len(index)))
+    weights = meta["extractor"].get("weights")
+    info = runs.log_run(
+        experiment=params.mlflow.experiment_name, params=logged_params(params, LOCK_FILE),
+        metrics=naming.split_metrics(metrics), tags=runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE),
+        artifacts=[plots_dir, metrics_path, predictions_path], summary=summary,
+        cluster_classes=cluster_classes(result), model=pipeline,
+        model_input_example=np.asarray(features[test_index[:2]]),
+        image_pipeline=image_pipeline(loader, extractor, pipeline),
+        weights_file=weights if weights and Path(str(weights)).is_file() else None,
+    )
+    write_json(run_info, info)
+    return {"metrics": metrics, "run": info}
+
+
+def command(
+    features_dir: Path = typer.Option(..., "--features", help="Feature store folder."),
+    model_path: Path = typer.Option(..., "--model", help="Fitted pipeline."),
+    images: Path = typer.Option(..., help="Images the features came from (thumbnails)."),
+    metrics_path: Path = typer.Option(..., "--metrics", help="DVC metrics file."),
+    plots_dir: Path = typer.Option(..., "--plots", help="Folder of PNG plots."),
+    predictions_path: Path = typer.Option(..., "--predictions", help="Per-image clusters."),
+    run_info: Path = typer.Option(..., help="Where to record the MLflow run id."),
+    reports: list[Path] = typer.Option([], "--report", help="Stage reports to summarise in MLflow (repeatable)."),
+    mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Record the run in MLflow."),
+) -> None:
+    result = run(features_dir, model_path, images, metrics_path, plots_dir, predictions_path, run_info, reports,
+                 config.load(PARAMS), mlflow_log)
+    for split, values in result["metrics"].items():
+        typer.echo(f"evaluate {split}: ARI {values['ari']:.4f}  NMI {values['nmi']:.4f}  "
+                   f"accuracy {values['cluster_accuracy']:.4f}  (n={values['n_samples']})")
+    if "run" in result:
+        info = result["run"]
+        typer.echo(f"mlflow: run {info['run_id']} in experiment {info['experiment_id']} at {info['tracking_uri']}")

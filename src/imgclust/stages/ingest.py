@@ -1,0 +1,186 @@
+"""Stage ingest: snapshot ``data.source`` (a folder of class subfolders, or an archive of one) into
+data/raw, with a manifest of every file and a report."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import typer
+from PIL import Image
+
+from imgclust import config
+from imgclust.core.archives import source_folder
+from imgclust.core.fsutil import atomic_dir, class_folders, is_image_file, write_csv, write_json
+from imgclust.core.images import check_image
+from imgclust.core.parallel import pmap
+from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
+
+# the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
+PARAMS = ("data", "ingest")
+
+MANIFEST_FIELDS = ("path", "class", "width", "height", "mode", "sha256")
+
+
+@dataclass
+class IngestReport:
+    images: dict[str, int] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    corrupt: list[dict] = field(default_factory=list)
+    duplicates_across_classes: list[dict] = field(default_factory=list)
+    source: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "files_per_class": self.images,
+            "n_files": sum(self.images.values()),
+            "n_ignored": len(self.ignored),
+            "ignored": self.ignored,
+            "n_corrupt_skipped": len(self.corrupt),
+            "corrupt_skipped": self.corrupt,
+            "n_duplicates_across_classes": len(self.duplicates_across_classes),
+            "duplicates_across_classes": self.duplicates_across_classes,
+        }
+
+
+def duplicates_across_classes(rows: list[dict]) -> list[dict]:
+    """Groups of byte-identical files (same sha256) found in more than one class: the same image
+    with two labels, which no clustering can score right (and which may leak across the split)."""
+    paths_by_hash: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        paths_by_hash[row["sha256"]].append(row["path"])
+    return [{"sha256": digest, "paths": sorted(paths)} for digest, paths in sorted(paths_by_hash.items())
+            if len({path.split("/", 1)[0] for path in paths}) > 1]
+
+
+def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """Image files per class folder of ``source`` and the non-image files that are ignored.
+
+    Symlinks are not followed, so nothing outside ``source`` is read through one.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise SourceError(
+            f"{source}: source folder not found. Set data.source in params.yaml to a folder "
+            "of class subfolders (for example Dataset_BUSI_with_GT with benign/ malignant/ normal/)."
+        )
+    if not source.is_dir():
+        raise SourceError(f"{source}: not a folder. data.source must name a folder of class subfolders.")
+    classes = class_folders(source)
+    # files beside the class folders (README, LICENSE, a stray image) and links are not data
+    ignored: list[str] = sorted(p.name for p in source.iterdir() if p.is_symlink() or not p.is_dir())
+    if not classes:
+        raise SourceError(
+            f"{source}: no class subfolders. Put each class's images in its own subfolder, "
+            "e.g. source/benign/*.png, source/malignant/*.png."
+        )
+    files: dict[str, list[Path]] = {}
+    for folder in classes:
+        found = []
+        # rglob does not descend into symlinked folders; list those links (and file links) as ignored
+        for path in sorted(p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()):
+            rel = path.relative_to(source).as_posix()
+            if path.is_symlink() or not is_image_file(path):
+                ignored.append(rel)
+            else:
+                found.append(path)
+        if not found:
+            raise EmptyClassError(
+                f"{folder}: class folder holds no image. Add images or remove the folder from the source."
+            )
+        files[folder.name] = found
+    return files, ignored
+
+
+def _snapshot_one(path: Path, source: Path, raw_dir: Path) -> dict:
+    """Read ``path`` once: check that it is an intact image, hash it and write it to ``raw_dir``.
+
+    Returns its manifest row, or ``{"path", "error"}`` for a file that does not decode (not written).
+    """
+    rel = path.relative_to(source).as_posix()
+    data = path.read_bytes()
+    try:
+        # Pillow only warns between its pixel limit and twice that; refuse those images too
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            width, height, mode = check_image(path, data)
+    except CorruptImageError as exc:
+        return {"path": rel, "error": str(exc.__cause__ or exc)}
+    except Image.DecompressionBombWarning as exc:
+        return {"path": rel, "error": f"refused: {exc}"}
+    target = raw_dir / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return {"path": rel, "class": path.relative_to(source).parts[0], "width": width,
+            "height": height, "mode": mode, "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def ingest(source: Path | str, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool = False,
+           workers: int | None = None, sha256: str = "") -> IngestReport:
+    """Snapshot every intact image of ``source`` into ``raw_dir`` and write its manifest.
+
+    ``source`` is a folder of class subfolders, or a .zip/.tar.gz/.tgz of one (a local path or an
+    http(s) URL), verified against ``sha256`` before extraction (required for URLs).
+    Corrupt images fail the stage (listing every one) unless ``skip_corrupt``.
+    """
+    with source_folder(source, sha256) as resolved:
+        report = _ingest_folder(resolved.folder, raw_dir, manifest_path, skip_corrupt=skip_corrupt,
+                                workers=workers, label=None if resolved.archive_sha256 is None else str(source))
+    report.source = {"source": str(source), "archive_sha256": resolved.archive_sha256}
+    return report
+
+
+def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool,
+                   workers: int | None, label: str | None) -> IngestReport:
+    """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
+    files, ignored = scan_source(source)
+    all_files = [path for paths in files.values() for path in paths]
+    with atomic_dir(raw_dir) as tmp:
+        # workers write the snapshot as they validate it; a failure below discards it whole
+        described = pmap(partial(_snapshot_one, source=source, raw_dir=tmp), all_files, desc="ingest",
+                         unit="file", workers=workers)
+        corrupt = [row for row in described if "error" in row]
+        if corrupt and not skip_corrupt:
+            named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
+            listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
+            raise CorruptImageError(
+                f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
+                "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
+                named,
+            )
+    rows = [row for row in described if "error" not in row]
+    report = IngestReport(ignored=ignored, corrupt=corrupt, duplicates_across_classes=duplicates_across_classes(rows))
+    for row in rows:
+        report.images[row["class"]] = report.images.get(row["class"], 0) + 1
+    write_csv(manifest_path, rows, MANIFEST_FIELDS)
+    return report
+
+
+def run(out: Path, manifest: Path, report: Path, data: config.DataParams, params: config.IngestParams) -> IngestReport:
+    result = ingest(data.source, out, manifest, skip_corrupt=params.skip_corrupt, sha256=data.sha256)
+    write_json(report, result.to_dict())
+    return result
+
+
+def command(
+    out: Path = typer.Option(..., help="Raw snapshot folder."),
+    manifest: Path = typer.Option(..., help="Manifest CSV to write."),
+    report: Path = typer.Option(..., help="Stage report (counts, ignored, skipped)."),
+) -> None:
+    params = config.load(PARAMS)
+    result = run(out, manifest, report, params.data, params.ingest)
+    summary = result.to_dict()
+    typer.echo(
+        f"ingest: {summary['n_files']} files from {params.data.source} into {out} "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(result.images.items()))}); "
+        f"{summary['n_ignored']} non-image file(s) ignored, {summary['n_corrupt_skipped']} corrupt skipped, "
+        f"{summary['n_duplicates_across_classes']} duplicate(s) across classes"
+    )
+    for group in result.duplicates_across_classes:
+        typer.secho(f"warning: identical files in different classes: {', '.join(group['paths'])}",
+                    err=True, fg=typer.colors.YELLOW)

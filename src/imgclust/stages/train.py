@@ -1,0 +1,44 @@
+"""Stage train: fit (pixel scaling,) PCA (optional) and KMeans on the TRAIN rows of the feature
+store; labels are never used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from imgclust import config
+from imgclust.core.clustering import fit_model
+from imgclust.core.feature_store import load_features
+from imgclust.core.fsutil import atomic_file
+from imgclust.errors import InputDataError
+
+# the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
+PARAMS = ("protocol", "train")
+
+
+def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[object, int]:
+    """Fit the model with ``protocol`` and ``train.*`` and write it to ``out`` (joblib); return it
+    and its number of train rows."""
+    import joblib
+
+    features, index, meta = load_features(features_dir)
+    is_train = np.array([row["split"] == "train" for row in index])
+    if not is_train.any():
+        raise InputDataError(f"{features_dir}: no train rows; check the split stage.")
+    train = params.train
+    pipeline = fit_model(features, is_train, method=meta["method"], pca=train.pca.model_dump(),
+                         kmeans=train.kmeans.model_dump(), scalable=train.scalable.model_dump(),
+                         pca_on_all=params.protocol == "tutorial")
+    with atomic_file(out) as tmp:
+        joblib.dump(pipeline, tmp)
+    return pipeline, int(is_train.sum())
+
+
+def command(
+    features_dir: Path = typer.Option(..., "--features", help="Feature store folder."),
+    out: Path = typer.Option(..., help="Fitted pipeline to write."),
+) -> None:
+    pipeline, n_train = run(features_dir, out, config.load(PARAMS))
+    typer.echo(f"train: {' -> '.join(pipeline.named_steps)} on {n_train} train rows -> {out}")

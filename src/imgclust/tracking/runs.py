@@ -1,0 +1,195 @@
+"""Logging to MLflow: one run per pipeline execution (``log_run``), one per k scan (``log_scan``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from imgclust.tracking.naming import (CLUSTER_CLASSES_ARTIFACT, DATA_STAGES_WITH_HASHES, DATA_TAG_PREFIX, DVC_ENV_TAGS,
+                                      GIT_COMMIT_TAG, GIT_DIRTY_TAG, K_SCAN_KIND, KIND_TAG, METHOD_TAG, PIPELINE_KIND,
+                                      SUMMARY_ARTIFACT, flatten, model_uri_tag, param_value, set_dotted)
+from imgclust.tracking.store import (configure, experiment_name, get_or_create_experiment, store_lock,
+                                     tracking_errors)
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def git_tags(cwd: Path) -> dict[str, str]:
+    commit = _git(["rev-parse", "HEAD"], cwd)
+    if commit is None:
+        return {}
+    status = _git(["status", "--porcelain", "--untracked-files=no"], cwd) or ""
+    return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(status)).lower()}
+
+
+def _lock_stages(lock_path: Path) -> dict:
+    lock_path = Path(lock_path)
+    if not lock_path.is_file():
+        return {}
+    return (yaml.safe_load(lock_path.read_text()) or {}).get("stages") or {}
+
+
+def dvc_lock_hashes(lock_path: Path) -> dict[str, str]:
+    """``data.<stage>.<out path>`` -> content hash of each data stage's outputs in dvc.lock."""
+    tags = {}
+    for stage, entry in _lock_stages(lock_path).items():
+        if stage not in DATA_STAGES_WITH_HASHES:
+            continue
+        for out in entry.get("outs", []):
+            digest = out.get("md5") or out.get("etag") or out.get("checksum")
+            if digest:
+                tags[f"{DATA_TAG_PREFIX}{stage}.{out['path']}"] = digest
+    return tags
+
+
+def dvc_lock_params(lock_path: Path) -> dict:
+    """The parameters the stages recorded in dvc.lock, merged into one nested dict: what the
+    pipeline's outputs were made with. DVC writes each stage's entry as soon as the stage ran, so
+    during ``dvc repro`` evaluate sees those of every stage before it."""
+    merged: dict = {}
+    for entry in _lock_stages(lock_path).values():
+        for values in (entry.get("params") or {}).values():  # one mapping per params file
+            for key, value in values.items():
+                set_dotted(merged, key, value)
+    return merged
+
+
+def dvc_tags() -> dict[str, str]:
+    return {tag: os.environ[env] for env, tag in DVC_ENV_TAGS.items() if os.environ.get(env)}
+
+
+def _pip_requirements(with_keras: bool) -> list[str]:
+    """Pinned requirements of the logged models, listed explicitly so logging never calls pip."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["mlflow", "scikit-learn", "numpy", "scipy", "pandas", "pillow", "joblib"]
+    if with_keras:
+        names += ["keras", "tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow"]
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def _installed(name: str) -> bool:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version(name)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def pipeline_tags(method: str, cwd: Path, lock_path: Path) -> dict[str, str]:
+    """The tags of a pipeline run: its kind and feature method, git commit, DVC experiment and the
+    content hash of every data output in dvc.lock."""
+    return {**git_tags(cwd), **dvc_tags(), **dvc_lock_hashes(lock_path), METHOD_TAG: method, KIND_TAG: PIPELINE_KIND}
+
+
+def log_run(*, experiment: str | None, params: dict, metrics: dict[str, float], tags: dict[str, str],
+            artifacts: list[Path], cluster_classes: dict, summary: dict, model, model_input_example: np.ndarray,
+            image_pipeline, weights_file: str | None = None, root: Path | None = None) -> dict:
+    """Log one pipeline execution as one MLflow run and return {run_id, experiment_id, tracking_uri}.
+
+    Two models are logged: ``model`` (mlflow.sklearn, features -> cluster) and ``image_model``
+    (pyfunc, image paths -> cluster) built from the same fitted estimators.
+    """
+    uri, artifact_root = configure(root)
+    with tracking_errors(), store_lock(uri):
+        return _log_run(uri, artifact_root, experiment=experiment_name(experiment), params=params, metrics=metrics,
+                        tags=tags, artifacts=artifacts,
+                        dicts={SUMMARY_ARTIFACT: summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes},
+                        model=model, model_input_example=model_input_example, image_pipeline=image_pipeline,
+                        weights_file=weights_file)
+
+
+def _log_artifacts(artifacts: list[Path]) -> None:
+    import mlflow
+
+    for path in artifacts:
+        if Path(path).is_dir():
+            mlflow.log_artifacts(str(path), Path(path).name)
+        elif Path(path).is_file():
+            mlflow.log_artifact(str(path))
+
+
+def _log_run(uri, artifact_root, *, experiment, params, metrics, tags, artifacts, dicts, model,
+             model_input_example, image_pipeline, weights_file) -> dict:
+    import tempfile
+    import warnings
+
+    import joblib
+    import mlflow
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    import imgclust
+    from imgclust.core.scaling import PixelScaler
+    from imgclust.tracking.image_model import ImageClusterModel
+
+    experiment_id = get_or_create_experiment(experiment, artifact_root)
+    with_keras = type(image_pipeline.named_steps["features"]).__name__ == "KerasFeatureExtractor"
+    requirements = _pip_requirements(with_keras)
+    code_paths = [str(Path(imgclust.__file__).parent)]
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run, warnings.catch_warnings():
+        # MLflow's advice on type hints and input examples does not apply to these models
+        warnings.simplefilter("ignore", UserWarning)
+        mlflow.log_params({k: param_value(v) for k, v in flatten(params).items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        for name, content in dicts.items():
+            mlflow.log_dict(content, name)
+        _log_artifacts(artifacts)
+        example = np.asarray(model_input_example)
+        feature_model = mlflow.sklearn.log_model(
+            model, name="model", signature=infer_signature(example, model.predict(example)),
+            input_example=example, pip_requirements=requirements, code_paths=code_paths,
+            skops_trusted_types=[f"{PixelScaler.__module__}.{PixelScaler.__qualname__}"],
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            pipeline_file = Path(tmp) / "image_pipeline.joblib"
+            joblib.dump(image_pipeline, pipeline_file)
+            model_artifacts = {"pipeline": str(pipeline_file)}
+            if weights_file:
+                model_artifacts["weights"] = weights_file
+            frame = pd.DataFrame({"path": ["image.png"]})
+            image_model = mlflow.pyfunc.log_model(
+                name="image_model", python_model=ImageClusterModel(), artifacts=model_artifacts,
+                code_paths=code_paths, pip_requirements=requirements,
+                signature=infer_signature(frame, np.zeros(len(frame), dtype=np.int64)),
+            )
+        mlflow.set_tags({model_uri_tag("model"): feature_model.model_uri,
+                         model_uri_tag("image_model"): image_model.model_uri})
+        return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
+
+
+def log_scan(rows: list[dict], settings: dict, method: str, artifacts: list[Path], experiment: str | None) -> str:
+    """Log a k scan as one MLflow run (kind k_scan), a metric step per k; return its id."""
+    import mlflow
+
+    uri, artifact_root = configure()
+    with tracking_errors(), store_lock(uri):
+        experiment_id = get_or_create_experiment(experiment_name(experiment), artifact_root)
+        tags = {KIND_TAG: K_SCAN_KIND, METHOD_TAG: method, **git_tags(Path.cwd())}
+        ks = [row["k"] for row in rows]
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"k-scan {min(ks)}-{max(ks)}", tags=tags) as run:
+            mlflow.log_params({k: param_value(v) for k, v in flatten(settings).items()})
+            for row in rows:  # one step per k, so the MLflow UI draws the curves over k
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "k" and v == v}, step=row["k"])
+            _log_artifacts(artifacts)
+        return run.info.run_id

@@ -1,0 +1,206 @@
+"""Where the MLflow store is, and how experiments, runs and models are found in it.
+
+Default store: SQLite at ``<project>/mlruns/mlflow.db`` with artifacts under ``<project>/mlruns/``,
+where ``<project>`` is the main repository even when DVC runs an experiment in a temporary copy
+(DVC sets ``DVC_ROOT`` to the parent repository there). ``MLFLOW_TRACKING_URI`` overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from imgclust.errors import ParamError, TrackingError
+from imgclust.tracking.naming import (CLUSTER_CLASSES_ARTIFACT, DEFAULT_EXPERIMENT, FINISHED_RUNS, LOCAL_STORE_DIR,
+                                      MODEL_ARTIFACTS, PIPELINE_RUNS, metric_column, metric_name, model_uri_tag)
+
+
+def project_root(start: Path | None = None) -> Path:
+    """``DVC_ROOT`` when DVC runs the stage, else the nearest folder holding dvc.yaml or .dvc."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "dvc.yaml").exists() or (folder / ".dvc").is_dir():
+            return folder
+    return here
+
+
+def local_store(root: Path) -> tuple[str, str]:
+    """(tracking URI, artifact root URI) of the project's local store."""
+    store = Path(root) / LOCAL_STORE_DIR
+    return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+
+
+@contextlib.contextmanager
+def tracking_errors():
+    """Turn MLflow's failures (store unreachable, refused request) into a TrackingError that names
+    the store and the way to change it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, ConnectionError, OSError) as exc:
+        message = getattr(exc, "message", None) or str(exc)
+        raise TrackingError(f"MLflow store {mlflow.get_tracking_uri()} failed: {message.splitlines()[0] if message else exc!r}. "
+                            "Check MLFLOW_TRACKING_URI (unset it to use the project's mlruns/mlflow.db).") from exc
+
+
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Serialise writers of a local SQLite store: parallel queued experiments would otherwise race
+    on creating its schema and experiment and on SQLite's single writer. No-op for servers."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    from filelock import FileLock
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    with FileLock(str(db.with_name(db.name + ".lock")), timeout=600):
+        yield
+
+
+def configure(root: Path | None = None) -> tuple[str, str | None]:
+    """Point MLflow at ``MLFLOW_TRACKING_URI`` or the project's local store; return
+    (tracking URI, artifact root or None when the server decides)."""
+    import mlflow
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        uri, artifacts = os.environ["MLFLOW_TRACKING_URI"], None
+    else:
+        root = project_root() if root is None else Path(root)
+        (root / LOCAL_STORE_DIR).mkdir(parents=True, exist_ok=True)
+        uri, artifacts = local_store(root)
+    mlflow.set_tracking_uri(uri)
+    return uri, artifacts
+
+
+def experiment_name(name: str | None) -> str:
+    """``name`` (a --experiment option or params.yaml's mlflow.experiment_name), else the default."""
+    return name or DEFAULT_EXPERIMENT
+
+
+def get_or_create_experiment(name: str, artifact_location: str | None) -> str:
+    """Experiment id by name; creating it tolerates a concurrent creator (parallel queued runs)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def experiment_id(name: str) -> str:
+    """The id of an existing experiment; ParamError naming the store otherwise."""
+    import mlflow
+
+    experiment = mlflow.MlflowClient().get_experiment_by_name(name)
+    if experiment is None:
+        raise ParamError(f"no MLflow experiment {name!r} in {mlflow.get_tracking_uri()}; "
+                         "run the pipeline first (dvc repro) or pass --experiment.")
+    return experiment.experiment_id
+
+
+def fetch_run(run_id: str):
+    """One run of the store; ParamError telling where to look otherwise."""
+    import mlflow
+
+    try:
+        return mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ParamError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}; see `imgclust compare`, "
+                         "or set MLFLOW_TRACKING_URI to the store that holds it.") from None
+
+
+def pipeline_runs(experiment: str, filter_string: str = "", include_unfinished: bool = False):
+    """search_runs' DataFrame of the pipeline runs of ``experiment`` (finished ones unless told)."""
+    import mlflow
+
+    clauses = [c for c in (filter_string, PIPELINE_RUNS, "" if include_unfinished else FINISHED_RUNS) if c]
+    try:
+        return mlflow.search_runs([experiment_id(experiment)], filter_string=" and ".join(clauses))
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        raise ParamError(f"bad --filter {filter_string!r}: {exc.message}") from None
+
+
+def best_run_id(experiment: str, metric: str, ascending: bool = False) -> str:
+    """The finished pipeline run with the highest (lowest) value of ``metric``."""
+    import mlflow
+
+    metric = metric_name(metric)
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id(experiment)], filter_string=f"{FINISHED_RUNS} and {PIPELINE_RUNS}",
+        order_by=[f"{metric_column(metric)} {'ASC' if ascending else 'DESC'}"], max_results=1)
+    if not runs or metric not in runs[0].data.metrics:
+        raise ParamError(f"no finished run of experiment {experiment!r} has metric {metric!r}.")
+    return runs[0].info.run_id
+
+
+def register_model(run_id: str, name: str, alias: str | None, artifact: str):
+    """Register ``artifact`` of run ``run_id`` as a new version of ``name`` and point ``alias`` at it."""
+    import mlflow
+
+    if artifact not in MODEL_ARTIFACTS:
+        raise ParamError(f"unknown model artifact {artifact!r}; use one of {', '.join(MODEL_ARTIFACTS)}.")
+    run = fetch_run(run_id)
+    source = run.data.tags.get(model_uri_tag(artifact), f"runs:/{run_id}/{artifact}")
+    version = mlflow.register_model(source, name)
+    if alias:
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
+    return version
+
+
+def model_run_id(model_uri: str) -> str | None:
+    """The run that produced the model behind ``runs:/`` or ``models:/`` URIs."""
+    import mlflow
+
+    if model_uri.startswith("runs:/"):
+        return model_uri.removeprefix("runs:/").split("/", 1)[0]
+    if model_uri.startswith("models:/"):
+        ref = model_uri.removeprefix("models:/")
+        client = mlflow.MlflowClient()
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        name, version = ref.rsplit("/", 1)
+        return client.get_model_version(name, version).run_id
+    return None
+
+
+def cluster_classes(run_id: str | None) -> dict[int, str]:
+    """The run's cluster -> most represented class mapping, if it logged one."""
+    import mlflow
+
+    if not run_id:
+        return {}
+    try:
+        mapping = mlflow.artifacts.load_dict(f"runs:/{run_id}/{CLUSTER_CLASSES_ARTIFACT}")
+    except Exception:  # noqa: BLE001 - older runs or foreign models carry no mapping
+        return {}
+    return {int(k): v for k, v in mapping.items()}
+
+
+def load_model(model_uri: str):
+    """The pyfunc model at ``model_uri``; ParamError naming the URI otherwise."""
+    import warnings
+
+    import mlflow
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow's type-hint advice, not the user's concern
+            return mlflow.pyfunc.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise ParamError(f"cannot load model {model_uri!r}: {exc.message}") from None
