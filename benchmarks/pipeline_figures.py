@@ -48,7 +48,7 @@ def measure(dataset: str, protocol: str, method: str, env: dict) -> dict:
         compute_rate = float(re.search(r"\((\d+) images/s", log).group(1))
         rest, _ = run(["dvc", "repro"], root, env)
         meta = json.loads((root / "data" / "features" / "meta.json").read_text())
-        metrics = json.loads((root / "metrics.json").read_text())
+        metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
     return {"dataset": dataset, "protocol": protocol, "method": method,
             "shape": f"{meta['n_samples']} x {meta['n_features']}",
             "ari_train": metrics["train"]["ari"], "ari_test": metrics.get("test", {}).get("ari", float("nan")),

@@ -37,7 +37,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from project_copy import REPO, make_project
+from project_copy import REPO, make_project, set_params
 
 BUSI256 = REPO.parent / "shared" / "datasets" / "busi256"
 START = "dvc: start"
@@ -127,15 +127,24 @@ def run_dataset(source: Path, env: dict) -> dict:
         make_project(root, {"data.source": str(source), "augment.target": 1}, env)
         total, steps = timed_repro(root, env)
         sizes = _stage_sizes(root)
-        metrics = json.loads((root / "metrics.json").read_text())
+        metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
     naive_wall, naive_rss, naive_out = measured([sys.executable, str(REPO / "benchmarks" / "naive_seed.py"),
                                                  str(source)], REPO, env)
     return {"total": total, "steps": steps, "sizes": sizes, "metrics": metrics,
             "naive": (naive_wall, naive_rss, json.loads(naive_out))}
 
 
+def write_params(folder: Path, overrides: dict) -> None:
+    """The project's params.yaml with ``overrides`` in ``folder``: what stage commands run there read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    params = set_params(yaml.safe_load((REPO / "params.yaml").read_text()), overrides)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def synthetic_source(folder: Path, size: int, env: dict) -> Path:
-    wall, _, _ = measured(["imgclust", "synthesize", "--out", str(folder), "--n-images", str(size)], REPO, env)
+    workdir = folder.with_name(folder.name + "-params")
+    write_params(workdir, {"synthesize.n_images": size})
+    wall, _, _ = measured(["imgclust", "synthesize", "--out", str(folder)], workdir, env)
     print(f"<!-- synthetic {size}: generated in {wall:.0f} s (not counted) -->", flush=True)
     return folder
 
@@ -181,17 +190,20 @@ def bench_model_stages(size: int, env: dict, workdir: Path | None = None) -> Non
     with contextlib.ExitStack() as stack:
         root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="imgclust-scale-")))
         root.mkdir(parents=True, exist_ok=True)
+        # the stage commands read their values from params.yaml in their folder: the project's, with
+        # no balancing copies (augment.target 1) and the synthetic size
+        write_params(root, {"synthesize.n_images": size, "augment.target": 1})
         if (root / "augmented.csv").is_file() and count_rows(root / "augmented.csv") == size:
             _measure_model_stages(root, size, env)
             return
         start = time.perf_counter()
         prepare = [
-            ["imgclust", "synthesize", "--out", "synthetic", "--n-images", str(size)],
+            ["imgclust", "synthesize", "--out", "synthetic"],
             ["imgclust", "strip-masks", "--raw", "synthetic", "--out", "stripped", "--report", "strip.json"],
             ["imgclust", "resize", "--in", "stripped", "--out", "resized"],
             ["imgclust", "split", "--in", "resized", "--out", "split.csv"],
             ["imgclust", "augment", "--in", "resized", "--split", "split.csv", "--out", "augmented",
-             "--manifest", "augmented.csv", "--report", "augment.json", "--target", "1"],
+             "--manifest", "augmented.csv", "--report", "augment.json"],
         ]
         for cmd in prepare:
             measured(cmd, root, env)
@@ -202,16 +214,12 @@ def bench_model_stages(size: int, env: dict, workdir: Path | None = None) -> Non
 
 
 def _measure_model_stages(root: Path, size: int, env: dict) -> None:
-    (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
-    scalable = yaml.safe_load((REPO / "params.yaml").read_text())["train"]["scalable"]
     env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     stages = {
         "featurize": ["imgclust", "featurize", "--in", "augmented", "--manifest", "augmented.csv", "--out", "features"],
-        # the scalable solvers' settings from params.yaml, as dvc.yaml passes them
-        "train": ["imgclust", "train", "--features", "features", "--out", "model.joblib",
-                  "--scalable-threshold", str(scalable["threshold"]), "--batch-size", str(scalable["batch_size"])],
+        "train": ["imgclust", "train", "--features", "features", "--out", "model.joblib"],
         "evaluate": ["imgclust", "evaluate", "--features", "features", "--model", "model.joblib",
-                     "--images", "augmented", "--params", "params.yaml", "--metrics", "metrics.json",
+                     "--images", "augmented", "--metrics", "metrics.json",
                      "--plots", "plots", "--predictions", "predictions.csv", "--run-info", "run.json"],
     }
     total, peak = 0.0, 0.0
