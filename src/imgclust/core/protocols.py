@@ -16,7 +16,7 @@ import numpy as np
 
 from imgclust.core.fsutil import class_folders, is_image_file
 from imgclust.core.images import check_ops
-from imgclust.errors import InputDataError, ParamError
+from imgclust.errors import InputDataError, OutputCollisionError, ParamError
 
 PROTOCOLS = ("honest", "tutorial")
 SPLIT_FIELDS = ("path", "class", "split")
@@ -76,9 +76,27 @@ def parse_tutorial_ops(specs: list[str]) -> dict[str, list[str]]:
     return mapping
 
 
-def _copy_name(rel: str, op: str) -> str:
+def _copy_name(rel: str, op: str, taken: set[str]) -> str:
+    """``a/x__rot180.png`` for the rot180 copy of ``a/x.png``; when a source (or an earlier copy)
+    already has that name, ``a/x__rot180~2.png`` and so on: a copy never takes an existing name, so
+    it is never written over an original that is hard-linked into the DVC cache. Adds the name to
+    ``taken``."""
     path = Path(rel)
-    return path.with_name(f"{path.stem}__{op}{path.suffix}").as_posix()
+    name, n = path.with_name(f"{path.stem}__{op}{path.suffix}").as_posix(), 1
+    while name in taken:
+        n += 1
+        name = path.with_name(f"{path.stem}__{op}~{n}{path.suffix}").as_posix()
+    taken.add(name)
+    return name
+
+
+def check_unique_paths(plan: list[dict]) -> None:
+    """Refuse a plan that lists one output path twice (two files would be written to one name)."""
+    counts = Counter(row["path"] for row in plan)
+    repeated = sorted(path for path, n in counts.items() if n > 1)
+    if repeated:
+        raise OutputCollisionError(f"{len(repeated)} output path(s) planned twice, e.g. {repeated[0]}; "
+                                   "rename the source files that share a name.")
 
 
 def plan_honest(split: list[dict], ops: list[str], target: str | int, seed: int) -> list[dict]:
@@ -96,6 +114,7 @@ def plan_honest(split: list[dict], ops: list[str], target: str | int, seed: int)
             raise ParamError(f"augment.target must be 'max' or an integer, got {target!r}.") from None
     rng = np.random.default_rng(seed)
     plan = [dict(row, source=row["path"], op="none") for row in split]
+    taken = {row["path"] for row in split}
     for cls in sorted(train_counts):
         images = sorted(row["path"] for row in split if row["split"] == "train" and row["class"] == cls)
         needed = goal - len(images)
@@ -109,9 +128,10 @@ def plan_honest(split: list[dict], ops: list[str], target: str | int, seed: int)
             if needed <= 0:
                 break
             for source in (images[i] for i in rng.permutation(len(images))[:needed]):
-                plan.append({"path": _copy_name(source, op), "class": cls, "split": "train",
+                plan.append({"path": _copy_name(source, op, taken), "class": cls, "split": "train",
                              "source": source, "op": op})
             needed -= min(needed, len(images))
+    check_unique_paths(plan)
     return plan
 
 
@@ -123,9 +143,11 @@ def plan_tutorial(images: list[tuple[str, str]], class_ops: dict[str, list[str]]
     if unknown:
         raise ParamError(f"augment.tutorial_ops names class(es) {sorted(unknown)} not in the data.")
     items = []
+    taken = {rel for rel, _ in images}
     for rel, cls in images:
         items.append({"path": rel, "class": cls, "source": rel, "op": "none"})
-        items.extend({"path": _copy_name(rel, op), "class": cls, "source": rel, "op": op}
+        items.extend({"path": _copy_name(rel, op, taken), "class": cls, "source": rel, "op": op}
                      for op in class_ops.get(cls, []))
+    check_unique_paths(items)
     splits = split_rows([(it["path"], it["class"]) for it in items], test_size, seed, stratify=False)
     return [dict(item, split=s["split"]) for item, s in zip(items, splits)]

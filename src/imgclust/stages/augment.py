@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from PIL import Image
 
 from imgclust import config
 from imgclust.core.fsutil import atomic_dir, link_or_copy, read_image_listing, write_csv, write_json
-from imgclust.core.images import PNG_COMPRESS_LEVEL, apply_op, check_ops, open_image
+from imgclust.core.images import apply_op, check_ops, open_image, save_new_png
 from imgclust.core.parallel import pmap
 from imgclust.core.protocols import AUGMENTED_FIELDS, check_protocol, parse_tutorial_ops, plan_honest, plan_tutorial
 
@@ -32,7 +31,7 @@ def _materialise(items: list[dict], in_dir: Path, out_dir: Path) -> None:
             continue
         if array is None:
             array = np.asarray(open_image(in_dir / item["source"]))
-        Image.fromarray(apply_op(array, item["op"])).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        save_new_png(apply_op(array, item["op"]), target)
 
 
 def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *, protocol: str,

@@ -6,11 +6,10 @@ from functools import partial
 from pathlib import Path
 
 import typer
-from PIL import Image
 
 from imgclust import config
 from imgclust.core.fsutil import atomic_dir, class_folders, is_image_file
-from imgclust.core.images import PNG_COMPRESS_LEVEL, load_array, pil_mode, resample_filter
+from imgclust.core.images import load_array, pil_mode, resample_filter, save_new_png
 from imgclust.core.parallel import pmap
 from imgclust.errors import OutputCollisionError, ParamError
 
@@ -22,7 +21,7 @@ def _resize_one(job: tuple[Path, Path], size: tuple[int, int], color_mode: str, 
     source, target = job
     array = load_array(source, color_mode, size, resample)
     target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(target, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    save_new_png(array, target)
 
 
 def resize_images(in_dir: Path, out_dir: Path, width: int, height: int, color_mode: str, resample: str,
