@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 
+from imgclust import config
 from imgclust.errors import ParamError, ReproductionError, ReproductionMismatchError
 from imgclust.tracking import runs, store
 from imgclust.tracking.naming import (DATA_TAG_PREFIX, GIT_COMMIT_TAG, GIT_DIRTY_TAG, flatten, param_value,
@@ -273,6 +274,9 @@ def reproduce_run(run_id: str, repo: str | None = None, workdir: Path | None = N
     if source:
         params["data"]["source"] = source
     if changed or source:
+        # logged values come from a shared store: they must pass the schema, and are written as YAML
+        # data (never as command text); the stages read them from there
+        config.validate(params, origin=f"the parameters of run {run_id} applied to {params_file}")
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
 
     env = _stage_env(workdir)
