@@ -1,5 +1,7 @@
-"""tracking: where the MLflow store is, the run's tags, and an end-to-end ``imgclust evaluate`` logged
-to a real SQLite MLflow store, whose two models are then loaded in a fresh Python process.
+"""tracking against real git and a real ``imgclust`` CLI: the git tags of a run, and an end-to-end
+``imgclust evaluate`` logged to a real SQLite MLflow store, whose two models are then loaded in a
+fresh Python process. (The parts needing no git, dvc or subprocess are in
+tests/unit/test_tracking_naming.py.)
 
 Real data: the synthetic dataset through ingest -> strip_masks -> resize (32x32 gray) -> split ->
 augment (honest) -> featurize (pixels) -> ``imgclust train``.
@@ -17,19 +19,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imgclust import tracking
-from imgclust.augment import augment
-from imgclust.featurize import featurize
-from imgclust.fsutil import read_csv, write_csv, write_json
-from imgclust.ingest import ingest
-from imgclust.resize import resize_images
-from imgclust.split import SPLIT_FIELDS, list_images, split_rows
-from imgclust.strip_masks import strip_masks
+from imgclust.core.fsutil import read_csv, write_csv, write_json
+from imgclust.core.protocols import SPLIT_FIELDS, list_images, split_rows
+from imgclust.stages.augment import augment
+from imgclust.stages.featurize import featurize
+from imgclust.stages.ingest import ingest
+from imgclust.stages.resize import resize_images
+from imgclust.stages.strip_masks import strip_masks
+from imgclust.tracking import naming, runs
+from support.cli import imgclust_bin
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
-IMGCLUST = Path(sys.executable).with_name("imgclust")
 ENV_VARS = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
@@ -51,7 +53,7 @@ LOCK = {
         "train": {"cmd": "imgclust train", "outs": [
             {"path": "models/model.joblib", "hash": "md5", "md5": "6" * 32, "size": 10}]},
         "evaluate": {"cmd": "imgclust evaluate", "outs": [
-            {"path": "reports/predictions.csv", "hash": "md5", "md5": "7" * 32, "size": 10}]},
+            {"path": "evaluation/predictions.csv", "hash": "md5", "md5": "7" * 32, "size": 10}]},
     },
 }
 LOCK_TAGS = {
@@ -68,163 +70,27 @@ def git(cwd: Path, *args: str) -> str:
                           text=True, env={**os.environ, **GIT_ENV}).stdout.strip()
 
 
-@pytest.fixture
-def isolated_mlflow(monkeypatch):
-    """No tracking URI or DVC variable from outside, and MLflow's global tracking URI (which
-    set_tracking_uri also exports as MLFLOW_TRACKING_URI) restored after the test."""
-    from mlflow.tracking._tracking_service import utils
-
-    monkeypatch.setattr(utils, "_tracking_uri", utils._tracking_uri)
-    for name in ENV_VARS:
-        monkeypatch.setenv(name, "placeholder")  # recorded, so teardown restores the original state
-        monkeypatch.delenv(name)
-    return monkeypatch
-
-
-# ---------------------------------------------------------------- project_root, local_store, configure
-
-
-def test_project_root_honours_dvc_root(isolated_mlflow, tmp_path):
-    (tmp_path / "here").mkdir()
-    (tmp_path / "here" / "dvc.yaml").write_text("stages: {}\n")
-    main = tmp_path / "main"
-    main.mkdir()
-    isolated_mlflow.setenv("DVC_ROOT", str(tmp_path / "main" / ".." / "main"))
-    assert tracking.project_root(tmp_path / "here") == main.resolve()
-    assert tracking.project_root() == main.resolve()
+def lock_with_params(params: dict) -> dict:
+    """LOCK with the ``params`` entry DVC writes for every stage of the repository's dvc.yaml: the
+    values of the keys the stage declares (a dotted key stays dotted, as DVC records it)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    lock = json.loads(json.dumps(LOCK))
+    for name, stage in stages.items():
+        recorded = {}
+        for key in stage.get("params", []):
+            node = params
+            for part in key.split("."):
+                node = node[part]
+            recorded[key] = node
+        lock["stages"].setdefault(name, {"cmd": f"imgclust {name}"})["params"] = {"params.yaml": recorded}
+    return lock
 
 
-def test_project_root_finds_dvc_yaml_upwards(isolated_mlflow, tmp_path):
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    deep = tmp_path / "a" / "b" / "c"
-    deep.mkdir(parents=True)
-    assert tracking.project_root(deep) == tmp_path.resolve()
-    assert tracking.project_root(tmp_path) == tmp_path.resolve()
-    isolated_mlflow.chdir(deep)
-    assert tracking.project_root() == tmp_path.resolve()
-
-
-def test_project_root_finds_dvc_folder_and_nearest_wins(isolated_mlflow, tmp_path):
-    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
-    inner = tmp_path / "inner"
-    (inner / ".dvc").mkdir(parents=True)
-    (inner / "src").mkdir()
-    assert tracking.project_root(inner / "src") == inner.resolve()
-
-
-def test_project_root_without_marker_is_the_start(isolated_mlflow, tmp_path):
-    start = tmp_path / "x" / "y"
-    start.mkdir(parents=True)
-    assert tracking.project_root(start) == start.resolve()
-
-
-def test_local_store(tmp_path):
-    uri, artifacts = tracking.local_store(tmp_path)
-    assert uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    assert artifacts == (tmp_path / "mlruns" / "artifacts").as_uri()
-    assert artifacts.startswith("file:///")
-
-
-def test_configure_defaults_to_the_local_store(isolated_mlflow, tmp_path):
-    import mlflow
-
-    uri, artifacts = tracking.configure(root=tmp_path)
-    assert (uri, artifacts) == tracking.local_store(tmp_path)
-    assert (tmp_path / "mlruns").is_dir()
-    assert mlflow.get_tracking_uri() == uri
-
-
-def test_configure_uses_dvc_root_when_no_root_given(isolated_mlflow, tmp_path):
-    import mlflow
-
-    isolated_mlflow.setenv("DVC_ROOT", str(tmp_path))
-    isolated_mlflow.chdir(REPO)
-    uri, artifacts = tracking.configure()
-    assert (uri, artifacts) == tracking.local_store(tmp_path)
-    assert mlflow.get_tracking_uri() == uri
-
-
-def test_configure_honours_mlflow_tracking_uri(isolated_mlflow, tmp_path):
-    import mlflow
-
-    wanted = f"sqlite:///{tmp_path}/elsewhere.db"
-    isolated_mlflow.setenv("MLFLOW_TRACKING_URI", wanted)
-    assert tracking.configure(root=tmp_path / "project") == (wanted, None)
-    assert mlflow.get_tracking_uri() == wanted
-    assert not (tmp_path / "project").exists()
-
-
-# ---------------------------------------------------------------- experiments
-
-
-def test_get_or_create_experiment_is_idempotent(isolated_mlflow, tmp_path):
-    import mlflow
-
-    tracking.configure(root=tmp_path)
-    artifacts = tracking.local_store(tmp_path)[1]
-    first = tracking.get_or_create_experiment("exp-a", artifacts)
-    assert tracking.get_or_create_experiment("exp-a", artifacts) == first
-    assert tracking.get_or_create_experiment("exp-a", None) == first
-    other = tracking.get_or_create_experiment("exp-b", artifacts)
-    assert other != first
-    client = mlflow.MlflowClient()
-    names = sorted(e.name for e in client.search_experiments())
-    assert names.count("exp-a") == 1 and names.count("exp-b") == 1
-    experiment = client.get_experiment(first)
-    assert experiment.name == "exp-a"
-    assert experiment.artifact_location == artifacts  # the project store's artifact root, as given
-
-
-def test_get_or_create_experiment_tolerates_a_concurrent_creator(isolated_mlflow, tmp_path):
-    """Another process creates the experiment between our lookup and our create: the real store
-    refuses the duplicate, and the function returns the other process's experiment."""
-    import mlflow
-
-    tracking.configure(root=tmp_path)
-    existing = mlflow.MlflowClient().create_experiment("race")
-    real_lookup = mlflow.MlflowClient.get_experiment_by_name
-    calls = []
-
-    def stale_first_lookup(self, name):
-        calls.append(name)
-        return None if len(calls) == 1 else real_lookup(self, name)
-
-    isolated_mlflow.setattr(mlflow.MlflowClient, "get_experiment_by_name", stale_first_lookup)
-    assert tracking.get_or_create_experiment("race", None) == existing
-    assert calls == ["race", "race"]
-
-
-# ---------------------------------------------------------------- tags
-
-
-def test_dvc_lock_hashes_only_data_stages(tmp_path):
-    lock = tmp_path / "dvc.lock"
-    lock.write_text(yaml.safe_dump(LOCK, sort_keys=False))
-    assert tracking.dvc_lock_hashes(lock) == LOCK_TAGS
-
-
-def test_dvc_lock_hashes_real_lock_file_format(tmp_path):
-    """The repository's own dvc.lock (written by DVC) parses to tags of data stages only."""
-    lock = REPO / "dvc.lock"
-    if not lock.is_file():
-        pytest.skip("no dvc.lock in the repository")
-    tags = tracking.dvc_lock_hashes(lock)
-    assert tags, "dvc.lock lists data stage outputs"
-    stages = {key.split(".")[1] for key in tags}
-    assert stages <= set(tracking.DATA_STAGES_WITH_HASHES)
-    assert all(len(v.removesuffix(".dir")) == 32 for v in tags.values())
-
-
-def test_dvc_lock_hashes_missing_or_empty(tmp_path):
-    assert tracking.dvc_lock_hashes(tmp_path / "dvc.lock") == {}
-    (tmp_path / "dvc.lock").write_text("")
-    assert tracking.dvc_lock_hashes(tmp_path / "dvc.lock") == {}
-    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n")
-    assert tracking.dvc_lock_hashes(tmp_path / "dvc.lock") == {}
+# ---------------------------------------------------------------- git tags
 
 
 def test_git_tags_outside_a_repository(tmp_path):
-    assert tracking.git_tags(tmp_path) == {}
+    assert runs.git_tags(tmp_path) == {}
 
 
 def test_git_tags_in_a_real_repository(tmp_path):
@@ -236,40 +102,14 @@ def test_git_tags_in_a_real_repository(tmp_path):
     git(repo, "commit", "-q", "-m", "first")
     head = git(repo, "rev-parse", "HEAD")
     assert len(head) == 40
-    assert tracking.git_tags(repo) == {"git_commit": head, "git_dirty": "false"}
+    assert runs.git_tags(repo) == {"git_commit": head, "git_dirty": "false"}
     (repo / "untracked.txt").write_text("ignored by the dirty check\n")
-    assert tracking.git_tags(repo)["git_dirty"] == "false"
+    assert runs.git_tags(repo)["git_dirty"] == "false"
     (repo / "params.yaml").write_text("a: 2\n")
-    assert tracking.git_tags(repo) == {"git_commit": head, "git_dirty": "true"}
+    assert runs.git_tags(repo) == {"git_commit": head, "git_dirty": "true"}
     git(repo, "commit", "-q", "-am", "second")
-    tags = tracking.git_tags(repo / ".")
+    tags = runs.git_tags(repo / ".")
     assert tags["git_commit"] != head and tags["git_dirty"] == "false"
-
-
-def test_dvc_tags(isolated_mlflow):
-    assert tracking.dvc_tags() == {}
-    isolated_mlflow.setenv("DVC_EXP_NAME", "brisk-bank")
-    isolated_mlflow.setenv("DVC_EXP_BASELINE_REV", "abc123")
-    assert tracking.dvc_tags() == {"dvc_exp_name": "brisk-bank", "dvc_baseline_rev": "abc123"}
-
-
-def test_flatten():
-    params = {"protocol": "honest", "train": {"pca": {"n_components": 50, "whiten": False},
-                                              "kmeans": {"n_clusters": 3}},
-              "augment": {"ops": ["rot180", "flip_lr"]}, "none": None, "empty": {}}
-    assert tracking.flatten(params) == {
-        "protocol": "honest", "train.pca.n_components": 50, "train.pca.whiten": False,
-        "train.kmeans.n_clusters": 3, "augment.ops": ["rot180", "flip_lr"], "none": None,
-    }
-    assert tracking.flatten({"a": {"b": 1}}, "p.") == {"p.a.b": 1}
-
-
-def test_flatten_repository_params():
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    flat = tracking.flatten(params)
-    assert flat["train.pca.n_components"] == params["train"]["pca"]["n_components"]
-    assert flat["featurize.cnn.backbone"] == params["featurize"]["cnn"]["backbone"]
-    assert not any(isinstance(v, dict) for v in flat.values())
 
 
 # ---------------------------------------------------------------- end to end: imgclust evaluate -> MLflow
@@ -278,21 +118,16 @@ def test_flatten_repository_params():
 @pytest.fixture(scope="module")
 def e2e(synthetic_dataset, tmp_path_factory):
     """Build the data, train with the CLI, then run ``imgclust evaluate`` (with MLflow) once, from a
-    temporary git project holding params.yaml and dvc.lock, into a temporary SQLite store."""
+    temporary git project holding params.yaml and dvc.lock, into a temporary SQLite store.
+
+    dvc.lock records the parameters each stage ran with (``params``); since evaluate logs those plus
+    its own keys (evaluate, mlflow, resize.resample) read from params.yaml, the committed params.yaml
+    differs from them in one key no stage re-ran with (synthesize.n_images) and dvc.lock holds a
+    stale evaluate entry (thumbnails 8, from a previous evaluate)."""
     tmp = tmp_path_factory.mktemp("tracking_e2e")
     data = tmp / "data"
     reports = tmp / "project" / "reports"
     reports.mkdir(parents=True)
-    write_json(reports / "ingest.json",
-               ingest(synthetic_dataset, data / "raw", data / "raw.csv", workers=1).to_dict())
-    write_json(reports / "strip_masks.json", strip_masks(data / "raw", data / "stripped", ["*_mask*.png"]))
-    resize_images(data / "stripped", data / "resized", SIZE, SIZE, "gray", "lanczos", workers=1)
-    write_csv(data / "split.csv", split_rows(list_images(data / "resized"), 0.25, 0), SPLIT_FIELDS)
-    write_json(reports / "augment.json", augment(data / "resized", data / "split.csv", data / "augmented",
-                                                 data / "augmented.csv", ops=OPS, workers=1))
-    featurize(data / "augmented", data / "augmented.csv", data / "features", "pixels")
-
-    project = tmp / "project"
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["resize"].update(width=SIZE, height=SIZE, mode="gray", resample="lanczos")
     params["split"]["test_size"] = 0.25
@@ -300,8 +135,26 @@ def e2e(synthetic_dataset, tmp_path_factory):
     params["train"]["kmeans"]["n_init"] = 3
     params["evaluate"]["thumbnails"] = 3
     params["mlflow"]["experiment_name"] = "imgclust-e2e"
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (project / "dvc.lock").write_text(yaml.safe_dump(LOCK, sort_keys=False))
+    augment_params = params["augment"]
+    write_json(reports / "ingest.json",
+               ingest(synthetic_dataset, data / "raw", data / "raw.csv", workers=1).to_dict())
+    write_json(reports / "strip_masks.json", strip_masks(data / "raw", data / "stripped", ["*_mask*.png"]))
+    resize_images(data / "stripped", data / "resized", SIZE, SIZE, "gray", "lanczos", workers=1)
+    write_csv(data / "split.csv", split_rows(list_images(data / "resized"), 0.25, 0), SPLIT_FIELDS)
+    write_json(reports / "augment.json", augment(
+        data / "resized", data / "split.csv", data / "augmented", data / "augmented.csv", protocol="honest",
+        ops=OPS, target=augment_params["target"], seed=augment_params["seed"],
+        tutorial_ops=augment_params["tutorial_ops"], test_size=0.25, split_seed=0, workers=1))
+    featurize(data / "augmented", data / "augmented.csv", data / "features", method="pixels", cnn_params={},
+              batch_size=params["featurize"]["batch_size"])
+
+    project = tmp / "project"
+    lock = lock_with_params(params)
+    lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate"] = {"thumbnails": 8}
+    params_yaml = json.loads(json.dumps(params))
+    params_yaml["synthesize"]["n_images"] = params["synthesize"]["n_images"] + 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params_yaml, sort_keys=False))
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     git(project, "init", "-q")
     git(project, "add", "params.yaml", "dvc.lock")
     git(project, "commit", "-q", "-m", "params")
@@ -312,25 +165,25 @@ def e2e(synthetic_dataset, tmp_path_factory):
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}", DVC_EXP_NAME="e2e-exp")
 
     def cli(*args):
-        proc = subprocess.run([str(IMGCLUST), *args], cwd=project, env=env, capture_output=True, text=True)
+        # train and evaluate read protocol, train.*, evaluate.*, mlflow.* and resize.resample from
+        # ./params.yaml of the project
+        proc = subprocess.run([*imgclust_bin(), *args], cwd=project, env=env, capture_output=True, text=True)
         assert proc.returncode == 0, f"imgclust {args[0]} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
     model = tmp / "models" / "model.joblib"
-    train_params = params["train"]
-    cli("train", "--features", str(data / "features"), "--out", str(model), "--protocol", params["protocol"],
-        "--n-components", str(train_params["pca"]["n_components"]), "--n-clusters",
-        str(train_params["kmeans"]["n_clusters"]), "--n-init", str(train_params["kmeans"]["n_init"]))
-    out = {"metrics": project / "metrics.json", "plots": project / "plots",
-           "predictions": reports / "predictions.csv", "run_info": reports / "mlflow_run.json"}
+    cli("train", "--features", str(data / "features"), "--out", str(model))
+    evaluation = project / "evaluation"
+    out = {"metrics": evaluation / "metrics.json", "plots": evaluation / "plots",
+           "predictions": evaluation / "predictions.csv", "run_info": evaluation / "mlflow_run.json"}
     proc = cli("evaluate", "--features", str(data / "features"), "--model", str(model),
-               "--images", str(data / "augmented"), "--params", str(project / "params.yaml"),
+               "--images", str(data / "augmented"),
                "--metrics", str(out["metrics"]), "--plots", str(out["plots"]),
                "--predictions", str(out["predictions"]), "--run-info", str(out["run_info"]),
-               "--thumbnails", "3", "--report", str(reports / "ingest.json"),
+               "--report", str(reports / "ingest.json"),
                "--report", str(reports / "strip_masks.json"), "--report", str(reports / "augment.json"))
-    return {"tmp": tmp, "data": data, "project": project, "params": params, "env": env, "stdout": proc.stdout,
-            "uri": env["MLFLOW_TRACKING_URI"], "model": model, **out}
+    return {"tmp": tmp, "data": data, "project": project, "params": params, "params_yaml": params_yaml,
+            "env": env, "stdout": proc.stdout, "uri": env["MLFLOW_TRACKING_URI"], "model": model, **out}
 
 
 @pytest.fixture(scope="module")
@@ -355,13 +208,21 @@ def test_e2e_exactly_one_run(e2e, logged):
 
 
 def test_e2e_params_are_the_flattened_params_yaml(e2e, logged):
+    """The logged params: what every stage recorded in dvc.lock (the params the outputs were made
+    with), with evaluate's own keys from params.yaml; here that is the whole flattened params.yaml."""
     run = logged[2][0]
-    flat = tracking.flatten(e2e["params"])
+    flat = naming.flatten(e2e["params"])
     assert set(run.data.params) == set(flat)
+    assert set(flat) == set(naming.flatten(e2e["params_yaml"]))
     assert run.data.params == {k: ("null" if v is None else str(v)) for k, v in flat.items()}
     assert run.data.params["resize.width"] == str(SIZE)
     assert run.data.params["train.pca.n_components"] == "5"
     assert run.data.params["protocol"] == "honest"
+    # evaluate's own keys come from params.yaml, not from its stale dvc.lock entry
+    assert run.data.params["evaluate.thumbnails"] == "3"
+    # the others from dvc.lock: a params.yaml value no stage ran with is not logged
+    assert run.data.params["synthesize.n_images"] == str(e2e["params"]["synthesize"]["n_images"])
+    assert run.data.params["synthesize.n_images"] != str(e2e["params_yaml"]["synthesize"]["n_images"])
 
 
 def test_e2e_metrics_equal_metrics_json(e2e, logged):
@@ -374,8 +235,8 @@ def test_e2e_metrics_equal_metrics_json(e2e, logged):
 
 
 def test_e2e_artifacts(e2e, logged):
-    client, _, runs = logged
-    run_id = runs[0].info.run_id
+    client, _, logged_runs = logged
+    run_id = logged_runs[0].info.run_id
 
     def listing(path=None):
         for item in client.list_artifacts(run_id, path):
@@ -386,10 +247,10 @@ def test_e2e_artifacts(e2e, logged):
                 "predictions.csv", "summary.json"}
     assert expected <= files, sorted(files)
     # MLflow 3 stores models as logged models linked to the run (runs:/<id>/<name> resolves to them)
-    models = client.search_logged_models(experiment_ids=[runs[0].info.experiment_id])
+    models = client.search_logged_models(experiment_ids=[logged_runs[0].info.experiment_id])
     assert sorted(m.name for m in models) == ["image_model", "model"]
     assert {m.source_run_id for m in models} == {run_id}
-    assert {o.model_id for o in runs[0].outputs.model_outputs} == {m.model_id for m in models}
+    assert {o.model_id for o in logged_runs[0].outputs.model_outputs} == {m.model_id for m in models}
     local = Path(client.download_artifacts(run_id, "", str(e2e["tmp"] / "downloaded")))
     assert (local / "metrics.json").read_bytes() == e2e["metrics"].read_bytes()
     assert (local / "predictions.csv").read_bytes() == e2e["predictions"].read_bytes()
