@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import imgclust_bin
-from imgclust import fsutil
-from conftest import tree_hashes
-from test_pipeline_e2e import _env, make_project, sh
+from imgclust.core import fsutil
+from support.cli import imgclust_bin
+from support.project import env, make_project, sh, tree_hashes, write_params
 
 N_IMAGES = 300
 
@@ -42,7 +41,7 @@ def _tmp_siblings(path: Path) -> list[Path]:
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     # a session of its own, so the whole tree (the command and its worker processes) can be signalled,
     # as a terminal's Ctrl-C signals its foreground process group
-    return subprocess.Popen(args, cwd=cwd, env=_env(), start_new_session=True, text=True,
+    return subprocess.Popen(args, cwd=cwd, env=env(), start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -88,9 +87,11 @@ def _session_alive(sid: int, grace_s: float = 10) -> bool:
     return False
 
 
-def _resize_args(source: Path, out: Path, size: int) -> list[str]:
-    return [*imgclust_bin(), "resize", "--in", str(source), "--out", str(out),
-            "--width", str(size), "--height", str(size), "--workers", "2"]
+def _resize_args(source: Path, out: Path, size: int, folder: Path) -> list[str]:
+    """``imgclust resize`` to ``size`` x ``size``, to be run in ``folder``, where its params.yaml is
+    written (the stage reads the size from there)."""
+    write_params(folder, resize__width=size, resize__height=size)
+    return [*imgclust_bin(), "resize", "--in", str(source), "--out", str(out)]
 
 
 def _sizes(folder: Path) -> set[tuple[int, int]]:
@@ -99,7 +100,7 @@ def _sizes(folder: Path) -> set[tuple[int, int]]:
 
 def test_sigint_mid_resize_leaves_neither_output_nor_temporary_folder(many_images, tmp_path):
     out = tmp_path / "data" / "resized"
-    proc = _start(_resize_args(many_images, out, 64), tmp_path)
+    proc = _start(_resize_args(many_images, out, 64, tmp_path), tmp_path)
     written = _interrupt_mid_stage(proc, out, signal.SIGINT)
     assert 0 < written < N_IMAGES
     assert proc.returncode != 0
@@ -110,11 +111,12 @@ def test_sigint_mid_resize_leaves_neither_output_nor_temporary_folder(many_image
 
 def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_succeeds(many_images, tmp_path):
     out = tmp_path / "data" / "resized"
-    subprocess.run(_resize_args(many_images, out, 32), check=True, capture_output=True, env=_env())
+    subprocess.run(_resize_args(many_images, out, 32, tmp_path), cwd=tmp_path, check=True, capture_output=True,
+                   env=env())
     before = tree_hashes(out)
     assert len(before) == N_IMAGES
 
-    proc = _start(_resize_args(many_images, out, 48), tmp_path)
+    proc = _start(_resize_args(many_images, out, 48, tmp_path), tmp_path)
     written = _interrupt_mid_stage(proc, out, signal.SIGKILL)
     assert 0 < written < N_IMAGES and proc.returncode == -signal.SIGKILL
     assert not _session_alive(proc.pid)
@@ -122,7 +124,8 @@ def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_succeeds(
     stale = _tmp_siblings(out)
     assert len(stale) == 1 and len(list(stale[0].rglob("*.png"))) < N_IMAGES  # killed: no cleanup ran
 
-    subprocess.run(_resize_args(many_images, out, 48), check=True, capture_output=True, env=_env())
+    subprocess.run(_resize_args(many_images, out, 48, tmp_path), cwd=tmp_path, check=True, capture_output=True,
+                   env=env())
     assert len(list(out.rglob("*.png"))) == N_IMAGES and _sizes(out) == {(48, 48)}
     # the stale folder sits beside the output, never inside it
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
@@ -144,7 +147,6 @@ def test_stale_temporary_folders_of_killed_runs_are_cleaned(tmp_path):
     assert alive.exists(), "a live process's temporary folder was removed"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_dvc_repro_killed_mid_stage_then_repro_again_is_correct(many_images, tmp_path, sig):
     root = make_project(tmp_path / "project", data__source=str(many_images), resize__width=40, resize__height=40)

@@ -1,4 +1,4 @@
-"""Archives as sources (imgclust.archives): checksum before extraction, safe extraction, downloads."""
+"""Archives as sources (imgclust.core.archives): checksum before extraction, safe extraction, downloads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import hashlib
 import http.server
 import io
 import json
-import shutil
 import stat
 import tarfile
 import threading
@@ -17,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from conftest import BUSI_SAMPLE
-from imgclust.archives import ChecksumError, UnsafeArchiveError, extract_archive, source_folder
+from imgclust.core.archives import ChecksumError, UnsafeArchiveError, extract_archive, source_folder
 from imgclust.errors import ParamError, SourceError
-from imgclust.ingest import ingest
-from conftest import tree_hashes
-from test_pipeline_e2e import make_project, sh
+from imgclust.stages.ingest import ingest
+from support.cli import run_cli
+from support.paths import BUSI_SAMPLE
+from support.project import tree_hashes, write_params
 
 
 def _dataset(root: Path) -> Path:
@@ -271,48 +269,17 @@ def test_a_url_without_sha256_or_a_missing_file_is_refused(tmp_path, dataset, ht
         ingest(f"{base}/", tmp_path / "raw", tmp_path / "raw.csv", workers=1, sha256="1" * 64)
 
 
-def test_cli_ingest_from_a_url(tmp_path, dataset, http_server, run_cli):
+def test_cli_ingest_from_a_url(tmp_path, dataset, http_server):
     served, base = http_server
     archive = _tgz(dataset, served / "dataset.tar.gz")
-    args = ["ingest", "--source", f"{base}/dataset.tar.gz", "--out", str(tmp_path / "raw"),
-            "--manifest", str(tmp_path / "raw.csv"), "--report", str(tmp_path / "ingest.json")]
-    refused = run_cli(*args, "--sha256", "f" * 64, cwd=tmp_path, check=False)
+    args = ["ingest", "--out", str(tmp_path / "raw"), "--manifest", str(tmp_path / "raw.csv"),
+            "--report", str(tmp_path / "ingest.json")]
+    write_params(tmp_path, data__source=f"{base}/dataset.tar.gz", data__sha256="f" * 64)
+    refused = run_cli(*args, cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "sha256" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "raw").exists()
-    run_cli(*args, "--sha256", _sha256(archive), cwd=tmp_path)
+    write_params(tmp_path, data__source=f"{base}/dataset.tar.gz", data__sha256=_sha256(archive))
+    run_cli(*args, cwd=tmp_path)
     with open(tmp_path / "raw.csv", newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 8
     assert json.loads((tmp_path / "ingest.json").read_text())["source"]["archive_sha256"] == _sha256(archive)
-
-
-# -------------------------------------------------------------------------------------- dvc repro
-
-
-@pytest.mark.slow
-def test_dvc_repro_from_a_local_archive(tmp_path, dataset):
-    archive = _tgz(dataset, tmp_path / "dataset.tgz")
-    root = make_project(tmp_path / "project", data__source=str(archive))
-    sh("dvc", "repro", "strip_masks", cwd=root)
-    assert sorted(p.name for p in (root / "data" / "stripped" / "benign").iterdir()) == \
-        [f"benign ({i}).png" for i in range(3)]
-    assert "up to date" in sh("dvc", "status", "ingest", cwd=root).stdout
-    shutil.copy(archive, tmp_path / "old.tgz")
-    _append_tar_member(archive, _tar_member("benign/benign (9).png"), (dataset / "benign" / "benign (1).png").read_bytes())
-    assert "modified" in sh("dvc", "status", "ingest", cwd=root).stdout
-
-
-@pytest.mark.slow
-def test_dvc_repro_from_a_url_with_sha256(tmp_path, dataset, http_server):
-    served, base = http_server
-    archive = _zip(dataset, served / "dataset.zip")
-    root = make_project(tmp_path / "project", data__source=f"{base}/dataset.zip", data__sha256="0" * 64)
-    failed = sh("dvc", "repro", "ingest", cwd=root, check=False)
-    assert failed.returncode != 0 and _sha256(archive) in failed.stdout + failed.stderr
-    assert not (root / "data" / "raw").exists()
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"]["sha256"] = _sha256(archive)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("dvc", "repro", "strip_masks", cwd=root)
-    assert len(list((root / "data" / "stripped").rglob("*.png"))) == 6
-    lock = (root / "dvc.lock").read_text()
-    assert f"{base}/dataset.zip" in lock

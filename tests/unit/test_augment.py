@@ -12,9 +12,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclust.augment import AUGMENTED_FIELDS, augment, parse_tutorial_ops, plan_honest, plan_tutorial
+from imgclust.core.protocols import (
+    AUGMENTED_FIELDS,
+    SPLIT_FIELDS,
+    list_images,
+    parse_tutorial_ops,
+    plan_honest,
+    plan_tutorial,
+    split_rows,
+)
 from imgclust.errors import ImgclustError, InputDataError, ParamError
-from imgclust.split import SPLIT_FIELDS, list_images, split_rows
+from imgclust.stages.augment import augment as augment_stage
+from support.cli import run_cli
+from support.project import write_params
 
 COUNTS = {"benign": 10, "malignant": 6, "normal": 4}
 ALL_OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
@@ -26,6 +36,15 @@ REFERENCE = {
     "flip_lr": np.fliplr,
     "flip_tb": np.flipud,
 }
+
+
+# augment() now takes every value explicitly; these are the values the tests leave unsaid
+AUGMENT_DEFAULTS = {"protocol": "honest", "ops": [], "target": "max", "seed": 0, "tutorial_ops": [],
+                    "test_size": 0.1, "split_seed": 0}
+
+
+def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, **values) -> dict:
+    return augment_stage(in_dir, split_csv, out_dir, manifest_path, **{**AUGMENT_DEFAULTS, **values})
 
 
 def _dataset(root: Path, counts: dict[str, int] = COUNTS, shape=(16, 16), seed=0) -> Path:
@@ -267,11 +286,12 @@ def _cli_args(src: Path, split_csv: Path, paths: dict[str, Path]) -> list[str]:
             "--manifest", str(paths["manifest"]), "--report", str(paths["report"])]
 
 
-def test_cli_honest_with_repeated_ops(tmp_path, resized, run_cli):
+def test_cli_honest_with_repeated_ops(tmp_path, resized):
     src, split_csv, split = resized
     paths = _cli_paths(tmp_path)
-    proc = run_cli(*_cli_args(src, split_csv, paths), "--protocol", "honest",
-                   "--ops", "rot180", "--ops", "flip_lr", "--target", "max", "--seed", "2")
+    write_params(tmp_path, protocol="honest", augment__ops=["rot180", "flip_lr"], augment__target="max",
+                 augment__seed=2)
+    proc = run_cli(*_cli_args(src, split_csv, paths), cwd=tmp_path)
     rows = _read(paths["manifest"])
     assert {r["op"] for r in rows} <= {"none", "rot180", "flip_lr"}
     largest = max(Counter(r["class"] for r in split if r["split"] == "train").values())
@@ -283,11 +303,13 @@ def test_cli_honest_with_repeated_ops(tmp_path, resized, run_cli):
     assert "augment (honest)" in proc.stdout
 
 
-def test_cli_tutorial_ops_spelling(tmp_path, resized, run_cli):
+def test_cli_tutorial_ops_spelling(tmp_path, resized):
+    """The tutorial protocol reads augment.tutorial_ops and its split from split.* of params.yaml."""
     src, split_csv, _ = resized
     paths = _cli_paths(tmp_path)
-    run_cli(*_cli_args(src, split_csv, paths), "--protocol", "tutorial", "--tutorial_ops", "malignant=rot180",
-            "--test-size", "0.1", "--split-seed", "1")
+    write_params(tmp_path, protocol="tutorial", augment__tutorial_ops=["malignant=rot180"],
+                 split__test_size=0.1, split__seed=1)
+    run_cli(*_cli_args(src, split_csv, paths), cwd=tmp_path)
     rows = _read(paths["manifest"])
     assert Counter(r["class"] for r in rows) == {"benign": 10, "malignant": 12, "normal": 4}
     assert {(r["class"], r["op"]) for r in rows if r["op"] != "none"} == {("malignant", "rot180")}
@@ -295,18 +317,20 @@ def test_cli_tutorial_ops_spelling(tmp_path, resized, run_cli):
     _check_manifest_matches_folder(rows, paths["out"])
 
 
-def test_cli_infeasible_target_exits_2(tmp_path, resized, run_cli):
+def test_cli_infeasible_target_exits_2(tmp_path, resized):
     src, split_csv, _ = resized
     paths = _cli_paths(tmp_path)
-    proc = run_cli(*_cli_args(src, split_csv, paths), "--ops", "rot180", "--target", "500", check=False)
+    write_params(tmp_path, augment__ops=["rot180"], augment__target=500)
+    proc = run_cli(*_cli_args(src, split_csv, paths), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "augment.ops" in proc.stderr and "Traceback" not in proc.stderr
     assert not paths["out"].exists()
 
 
-def test_cli_unknown_op_exits_2(tmp_path, resized, run_cli):
+def test_cli_unknown_op_exits_2(tmp_path, resized):
     src, split_csv, _ = resized
     paths = _cli_paths(tmp_path)
-    proc = run_cli(*_cli_args(src, split_csv, paths), "--ops", "rot180", "--ops", "zoom", check=False)
+    write_params(tmp_path, augment__ops=["rot180", "zoom"])
+    proc = run_cli(*_cli_args(src, split_csv, paths), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "zoom" in proc.stderr and "Traceback" not in proc.stderr

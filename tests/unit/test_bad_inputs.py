@@ -3,14 +3,14 @@
 Each file of the corpus carries its expected fate: an image is processed, a mask is kept in
 data/raw and stripped, a corrupt file is listed with its path and reason (and fails the stage
 unless ingest.skip_corrupt), a link is ignored without being followed. The corpus goes through the
-pure functions stage by stage, and once through ``dvc repro`` of a real project.
+pure functions stage by stage here, and once through ``dvc repro`` of a real project in
+tests/system/test_data_stages_dvc.py.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -19,17 +19,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
-from imgclust.augment import apply_op, augment
+from imgclust.core.fsutil import write_csv
+from imgclust.core.images import apply_op
+from imgclust.core.protocols import SPLIT_FIELDS, list_images, split_rows
 from imgclust.errors import CorruptImageError, EmptyClassError
-from imgclust.ingest import ingest
-from imgclust.resize import resize_images
-from imgclust.split import SPLIT_FIELDS, list_images, split_rows
-from imgclust.strip_masks import strip_masks
-from conftest import tree_hashes
-from test_pipeline_e2e import make_project, sh
+from imgclust.stages.augment import augment
+from imgclust.stages.ingest import ingest
+from imgclust.stages.resize import resize_images
+from imgclust.stages.strip_masks import strip_masks
+from support.data import BALANCING_OPS, TUTORIAL_OPS
+from support.project import tree_hashes
 
 MASK_PATTERNS = ["*_mask*.png"]
 SIZE = 32  # resize target in these tests: small keeps them fast, square allows every op
@@ -204,14 +205,13 @@ def stages(corpus, tmp_path_factory):
     out = {"work": work}
     out["ingest"] = ingest(source, work / "raw", work / "raw.csv", skip_corrupt=True, workers=1).to_dict()
     out["strip"] = strip_masks(work / "raw", work / "stripped", MASK_PATTERNS)
-    out["resize"] = resize_images(work / "stripped", work / "resized", SIZE, SIZE, "gray", workers=1)
+    out["resize"] = resize_images(work / "stripped", work / "resized", SIZE, SIZE, "gray", "lanczos", workers=1)
     split = split_rows(list_images(work / "resized"), 0.1, 0)
-    from imgclust.fsutil import write_csv
-
     write_csv(work / "split.csv", split, SPLIT_FIELDS)
     out["split"] = split
     out["augment"] = augment(work / "resized", work / "split.csv", work / "augmented", work / "augmented.csv",
-                             ops=["rot180", "flip_lr", "flip_tb", "rot90", "rot270"], workers=1)
+                             protocol="honest", ops=BALANCING_OPS, target="max", seed=0,
+                             tutorial_ops=TUTORIAL_OPS, test_size=0.1, split_seed=0, workers=1)
     return out
 
 
@@ -339,43 +339,6 @@ def test_resize_refuses_a_decompression_bomb_that_reached_it(tmp_path):
     folder.mkdir(parents=True)
     _bomb(folder / "bomb.png")
     with pytest.raises(CorruptImageError) as info:
-        resize_images(tmp_path / "stripped", tmp_path / "resized", SIZE, SIZE, workers=1)
+        resize_images(tmp_path / "stripped", tmp_path / "resized", SIZE, SIZE, "gray", "lanczos", workers=1)
     assert "bomb.png" in str(info.value) and "decompression bomb" in str(info.value)
     assert not (tmp_path / "resized").exists()
-
-
-# ------------------------------------------------------------------------------------ dvc repro
-
-
-@pytest.mark.slow
-def test_dvc_repro_on_the_corpus(tmp_path):
-    # DVC hashes an external dependency folder itself: it fails on a dangling link, so none here
-    source = tmp_path / "corpus"
-    expected = build_corpus(source, tmp_path / "outside", dangling_link=False)
-    before = tree_hashes(source)
-    root = make_project(tmp_path / "project", data__source=str(source), resize__width=SIZE, resize__height=SIZE)
-
-    failed = sh("dvc", "repro", "augment", cwd=root, check=False)
-    assert failed.returncode != 0
-    output = failed.stdout + failed.stderr
-    for rel in by_fate(expected, "corrupt"):
-        assert str(source / rel) in output, rel
-    assert "decompression bomb" in output and "skip_corrupt" in output
-    assert not (root / "data" / "raw").exists()
-
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["ingest"]["skip_corrupt"] = True
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("dvc", "repro", "augment", cwd=root)
-    report = json.loads((root / "reports" / "ingest.json").read_text())
-    assert {row["path"] for row in report["corrupt_skipped"]} == by_fate(expected, "corrupt")
-    assert set(report["ignored"]) == by_fate(expected, "ignored")
-    assert report["n_duplicates_across_classes"] == 1
-    resized = root / "data" / "resized"
-    assert {p.relative_to(resized).as_posix() for p in resized.rglob("*.png")} == \
-        {Path(rel).with_suffix(".png").as_posix() for rel in by_fate(expected, "image")}
-    assert {Image.open(p).size for p in resized.rglob("*.png")} == {(SIZE, SIZE)}
-    augmented = _read_csv(root / "data" / "manifests" / "augmented.csv")
-    assert all(row["class"] == row["source"].split("/", 1)[0] for row in augmented)
-    assert "up to date" in sh("dvc", "status", "augment", cwd=root).stdout
-    assert tree_hashes(source) == before

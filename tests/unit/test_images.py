@@ -1,4 +1,4 @@
-"""Decoding images of every Pillow mode to 8-bit gray/RGB arrays (imgclust.images)."""
+"""Decoding images of every Pillow mode to 8-bit gray/RGB arrays (imgclust.core.images)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclust.core.images import (
+    RESAMPLE_FILTERS,
+    check_image,
+    convert,
+    load_array,
+    open_image,
+    pil_mode,
+    resample_filter,
+)
 from imgclust.errors import CorruptImageError, ParamError
-from imgclust.images import (RESAMPLE_FILTERS, check_image, convert, load_array, open_image, pil_mode,
-                              resample_filter)
 
 EXIF_ORIENTATION = 0x0112
 

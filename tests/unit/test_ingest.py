@@ -1,4 +1,4 @@
-"""Ingest: snapshot a folder of class subfolders into data/raw with a manifest (imgclust.ingest)."""
+"""Ingest: snapshot a folder of class subfolders into data/raw with a manifest (imgclust.stages.ingest)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
-from imgclust.ingest import MANIFEST_FIELDS, ingest, scan_source
+from imgclust.stages.ingest import MANIFEST_FIELDS, ingest, scan_source
+from support.cli import run_cli
+from support.project import write_params
 
 JUNK = {".DS_Store": b"\x00\x00\x00\x01Bud1", "notes.txt": b"scanner notes\n", "labels.csv": b"a,b\n1,2\n"}
 
@@ -233,11 +235,11 @@ def test_busi_sample_ingest_matches_the_folder(tmp_path, busi_sample):
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_ingest_round_trip(tmp_path, run_cli):
+def test_cli_ingest_round_trip(tmp_path):
     source = _make_source(tmp_path / "src")
     raw, manifest, report = tmp_path / "data" / "raw", tmp_path / "raw.csv", tmp_path / "reports" / "ingest.json"
-    proc = run_cli("ingest", "--source", str(source), "--out", str(raw), "--manifest", str(manifest),
-                   "--report", str(report), "--skip-corrupt", "false")
+    write_params(tmp_path, data__source=str(source), ingest__skip_corrupt=False)
+    proc = run_cli("ingest", "--out", str(raw), "--manifest", str(manifest), "--report", str(report), cwd=tmp_path)
     assert "9 files" in proc.stdout and "9 non-image" in proc.stdout
     _assert_manifest_agrees(source, raw, _read_manifest(manifest))
     data = json.loads(report.read_text())
@@ -246,27 +248,30 @@ def test_cli_ingest_round_trip(tmp_path, run_cli):
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty_class"])
-def test_cli_bad_source_exits_2_naming_the_path(tmp_path, run_cli, kind):
+def test_cli_bad_source_exits_2_naming_the_path(tmp_path, kind):
     source, _, named = _bad_source(kind, tmp_path)
-    proc = run_cli("ingest", "--source", str(source), "--out", str(tmp_path / "raw"),
-                   "--manifest", str(tmp_path / "raw.csv"), "--report", str(tmp_path / "r.json"), check=False)
+    write_params(tmp_path, data__source=str(source))
+    proc = run_cli("ingest", "--out", str(tmp_path / "raw"), "--manifest", str(tmp_path / "raw.csv"),
+                   "--report", str(tmp_path / "r.json"), cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr
     assert str(named) in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "raw").exists()
 
 
-def test_cli_truncated_image_fails_then_skip_corrupt_true_skips_it(tmp_path, run_cli):
+def test_cli_truncated_image_fails_then_skip_corrupt_true_skips_it(tmp_path):
     source = _make_source(tmp_path / "src")
     victim = _truncate_one(source)
-    args = ["ingest", "--source", str(source), "--out", str(tmp_path / "raw"),
-            "--manifest", str(tmp_path / "raw.csv"), "--report", str(tmp_path / "r.json")]
-    failed = run_cli(*args, check=False)
+    args = ["ingest", "--out", str(tmp_path / "raw"), "--manifest", str(tmp_path / "raw.csv"),
+            "--report", str(tmp_path / "r.json")]
+    write_params(tmp_path, data__source=str(source), ingest__skip_corrupt=False)
+    failed = run_cli(*args, cwd=tmp_path, check=False)
     assert failed.returncode == 2
     assert str(victim) in failed.stderr and "skip_corrupt" in failed.stderr
     assert not (tmp_path / "raw").exists()
 
-    run_cli(*args, "--skip-corrupt", "true")
+    write_params(tmp_path, data__source=str(source), ingest__skip_corrupt=True)
+    run_cli(*args, cwd=tmp_path)
     data = json.loads((tmp_path / "r.json").read_text())
     assert [row["path"] for row in data["corrupt_skipped"]] == [victim.relative_to(source).as_posix()]
     assert not (tmp_path / "raw" / "malignant" / victim.name).exists()

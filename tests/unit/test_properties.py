@@ -13,11 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from imgclust.augment import OPS, apply_op, augment, plan_honest
+from imgclust.core.fsutil import write_csv
+from imgclust.core.images import OPS, apply_op
+from imgclust.core.protocols import SPLIT_FIELDS, plan_honest
 from imgclust.errors import ParamError
-from imgclust.fsutil import write_csv
-from imgclust.resize import resize_images
-from imgclust.split import SPLIT_FIELDS
+from imgclust.stages.augment import augment
+from imgclust.stages.resize import resize_images
+from support.data import TUTORIAL_OPS
 
 FAST = settings(max_examples=30, deadline=None)
 CLASSES = ("benign", "malignant", "normal")
@@ -108,7 +110,7 @@ def test_ops_are_the_symmetries_of_the_square(array):
        seed=st.integers(0, 2**16))
 def test_plan_honest_never_repeats_an_op_per_source_and_balances_train(counts, ops, seed):
     split = [{"path": f"{cls}/{i}.png", "class": cls, "split": "train"}
-             for cls, n in zip(CLASSES, counts) for i in range(n)]
+             for cls, n in zip(CLASSES, counts, strict=False) for i in range(n)]
     goal = max(counts)
     if any(goal - n > n * len(ops) for n in counts):
         with pytest.raises(ParamError):
@@ -129,14 +131,15 @@ def test_augment_copies_are_the_op_of_their_source_in_the_same_class(side, count
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "resized"
         split = []
-        for cls, n in zip(CLASSES, counts):
+        for cls, n in zip(CLASSES, counts, strict=False):
             for i in range(n):
                 rel = f"{cls}/{i}.png"
                 _save(data.draw(arrays(np.uint8, (side, side))), src / rel)
                 split.append({"path": rel, "class": cls, "split": "test" if i < n_test and n > 1 else "train"})
         write_csv(Path(tmp) / "split.csv", split, SPLIT_FIELDS)
         ops = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
-        augment(src, Path(tmp) / "split.csv", Path(tmp) / "out", Path(tmp) / "aug.csv", ops=ops, seed=seed, workers=1)
+        augment(src, Path(tmp) / "split.csv", Path(tmp) / "out", Path(tmp) / "aug.csv", protocol="honest", ops=ops,
+                target="max", seed=seed, tutorial_ops=TUTORIAL_OPS, test_size=0.1, split_seed=0, workers=1)
         with open(Path(tmp) / "aug.csv", newline="") as fh:
             plan = list(csv.DictReader(fh))
         tests = {row["path"] for row in split if row["split"] == "test"}

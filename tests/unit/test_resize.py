@@ -1,4 +1,4 @@
-"""resize: every image to one size and color mode, saved as PNG (imgclust.resize)."""
+"""resize: every image to one size and color mode, saved as PNG (imgclust.stages.resize)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclust.core.images import RESAMPLE_FILTERS, load_array
 from imgclust.errors import CorruptImageError, ImgclustError, OutputCollisionError, ParamError
-from imgclust.images import RESAMPLE_FILTERS, load_array
-from imgclust.resize import resize_images
+from imgclust.stages.resize import resize_images
+from support.cli import run_cli
+from support.project import write_params
 
 EXIF_ORIENTATION = 0x0112
 
@@ -54,7 +56,7 @@ def mixed(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("color_mode, pil", [("gray", "L"), ("rgb", "RGB")])
 def test_every_output_is_190x190_png_in_the_requested_mode(tmp_path, mixed, color_mode, pil):
     out = tmp_path / "resized"
-    result = resize_images(mixed, out, 190, 190, color_mode, workers=1)
+    result = resize_images(mixed, out, 190, 190, color_mode, "lanczos", workers=1)
     assert _files(out) == EXPECTED_NAMES, "outputs keep the inputs' names with a .png suffix"
     for rel in EXPECTED_NAMES:
         with Image.open(out / rel) as image:
@@ -75,7 +77,7 @@ def test_output_pixels_are_the_decoded_resized_input(tmp_path, mixed):
 
 def test_non_square_size_is_width_by_height(tmp_path, mixed):
     out = tmp_path / "resized"
-    resize_images(mixed, out, 64, 48, "rgb", workers=1)
+    resize_images(mixed, out, 64, 48, "rgb", "lanczos", workers=1)
     for rel in EXPECTED_NAMES:
         with Image.open(out / rel) as image:
             assert (image.width, image.height) == (64, 48)
@@ -113,7 +115,7 @@ def test_jpg_and_png_with_the_same_stem_collide(tmp_path):
     Image.new("L", (10, 10), 1).save(src / "benign" / "benign (1).png")
     Image.new("RGB", (10, 10), (1, 2, 3)).save(src / "benign" / "benign (1).jpg")
     with pytest.raises(OutputCollisionError) as info:
-        resize_images(src, tmp_path / "out", 8, 8, workers=1)
+        resize_images(src, tmp_path / "out", 8, 8, "gray", "lanczos", workers=1)
     message = str(info.value)
     assert str(src / "benign" / "benign (1).png") in message
     assert str(src / "benign" / "benign (1).jpg") in message
@@ -144,17 +146,17 @@ def test_forty_images_through_the_process_pool(tmp_path):
 def test_missing_input_folder_is_an_imgclust_error_naming_it(tmp_path):
     missing = tmp_path / "data" / "stripped"
     with pytest.raises(ImgclustError) as info:
-        resize_images(missing, tmp_path / "out", 8, 8, workers=1)
+        resize_images(missing, tmp_path / "out", 8, 8, "gray", "lanczos", workers=1)
     assert str(missing) in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_round_trip(tmp_path, mixed, run_cli):
+def test_cli_round_trip(tmp_path, mixed):
     out = tmp_path / "resized"
-    proc = run_cli("resize", "--in", str(mixed), "--out", str(out), "--width", "64", "--height", "48",
-                   "--mode", "rgb", "--resample", "hamming", "--workers", "1")
+    write_params(tmp_path, resize__width=64, resize__height=48, resize__mode="rgb", resize__resample="hamming")
+    proc = run_cli("resize", "--in", str(mixed), "--out", str(out), cwd=tmp_path)
     assert "8 images" in proc.stdout
     assert _files(out) == EXPECTED_NAMES
     for rel in EXPECTED_NAMES:
@@ -162,12 +164,13 @@ def test_cli_round_trip(tmp_path, mixed, run_cli):
             assert (image.size, image.mode) == ((64, 48), "RGB")
 
 
-def test_cli_collision_exits_2_naming_both_files(tmp_path, run_cli):
+def test_cli_collision_exits_2_naming_both_files(tmp_path):
     src = tmp_path / "in"
     (src / "normal").mkdir(parents=True)
     Image.new("L", (10, 10)).save(src / "normal" / "n.png")
     Image.new("L", (10, 10)).save(src / "normal" / "n.jpg")
-    proc = run_cli("resize", "--in", str(src), "--out", str(tmp_path / "out"), check=False)
+    write_params(tmp_path)
+    proc = run_cli("resize", "--in", str(src), "--out", str(tmp_path / "out"), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert str(src / "normal" / "n.png") in proc.stderr and str(src / "normal" / "n.jpg") in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -183,6 +186,6 @@ def test_corrupt_image_in_the_pool_is_reported_by_path(tmp_path):
     victim = src / "b" / "img07.png"
     victim.write_bytes(victim.read_bytes()[:60])
     with pytest.raises(CorruptImageError) as info:
-        resize_images(src, tmp_path / "out", 8, 8, workers=2)
+        resize_images(src, tmp_path / "out", 8, 8, "gray", "lanczos", workers=2)
     assert str(victim) in str(info.value)
     assert not (tmp_path / "out").exists()

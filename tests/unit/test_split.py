@@ -1,4 +1,4 @@
-"""split: stratified train/test listing of the resized originals (imgclust.split)."""
+"""split: stratified train/test listing of the resized originals (imgclust.core.protocols, stage imgclust.stages.split)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclust.core.protocols import SPLIT_FIELDS, list_images, split_rows
 from imgclust.errors import ImgclustError, ParamError
-from imgclust.split import SPLIT_FIELDS, list_images, split_rows
+from support.cli import run_cli
+from support.project import write_params
 
 COUNTS = {"benign": 40, "malignant": 20, "normal": 10}
 
@@ -103,10 +105,11 @@ def test_folder_without_images_is_an_imgclust_error(tmp_path):
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_writes_path_class_split_csv(tmp_path, run_cli):
+def test_cli_writes_path_class_split_csv(tmp_path):
     root = _folder(tmp_path / "resized", {"benign": 12, "malignant": 6, "normal": 5})
     out = tmp_path / "manifests" / "split.csv"
-    proc = run_cli("split", "--in", str(root), "--out", str(out), "--test-size", "0.2", "--seed", "3")
+    write_params(tmp_path, split__test_size=0.2, split__seed=3)
+    proc = run_cli("split", "--in", str(root), "--out", str(out), cwd=tmp_path)
     with open(out, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         assert tuple(reader.fieldnames) == SPLIT_FIELDS == ("path", "class", "split")
@@ -117,10 +120,10 @@ def test_cli_writes_path_class_split_csv(tmp_path, run_cli):
     assert "test/normal" in proc.stdout
 
 
-def test_cli_impossible_stratification_exits_2(tmp_path, run_cli):
+def test_cli_impossible_stratification_exits_2(tmp_path):
     root = _folder(tmp_path / "resized", {"benign": 6, "malignant": 1})
-    proc = run_cli("split", "--in", str(root), "--out", str(tmp_path / "split.csv"), "--test-size", "0.3",
-                   check=False)
+    write_params(tmp_path, split__test_size=0.3)
+    proc = run_cli("split", "--in", str(root), "--out", str(tmp_path / "split.csv"), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "split.test_size" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "split.csv").exists()

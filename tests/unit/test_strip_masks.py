@@ -1,4 +1,4 @@
-"""strip_masks: data/raw without the segmentation masks, files linked or copied (imgclust.strip_masks)."""
+"""strip_masks: data/raw without the segmentation masks, files linked or copied (imgclust.stages.strip_masks)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclust.core.fsutil import link_or_copy
 from imgclust.errors import EmptyClassError, ImgclustError, ParamError
-from imgclust.fsutil import link_or_copy
-from imgclust.strip_masks import is_mask, strip_masks
+from imgclust.stages.strip_masks import is_mask, strip_masks
+from support.cli import run_cli
+from support.project import write_params
 
 DEFAULT = ["*_mask*.png"]
 
@@ -149,30 +151,32 @@ def test_missing_raw_folder_is_an_imgclust_error_naming_it(tmp_path):
 # --------------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_round_trip_with_repeated_patterns(tmp_path, run_cli):
+def test_cli_round_trip_with_repeated_patterns(tmp_path):
     raw = _raw(tmp_path / "raw")
     _png(raw / "malignant" / "malignant (1)_seg.png", 255)
     out, report = tmp_path / "stripped", tmp_path / "reports" / "strip.json"
-    proc = run_cli("strip-masks", "--raw", str(raw), "--out", str(out), "--report", str(report),
-                   "--pattern", "*_mask*.png", "--patterns", "*_seg.png")
+    write_params(tmp_path, strip_masks__patterns=["*_mask*.png", "*_seg.png"])
+    proc = run_cli("strip-masks", "--raw", str(raw), "--out", str(out), "--report", str(report), cwd=tmp_path)
     assert "kept 6 images" in proc.stdout and "removed 11 masks" in proc.stdout
     assert len(_files(out)) == 6 and not [p for p in out.rglob("*") if "_mask" in p.name or "_seg" in p.name]
     data = json.loads(report.read_text())
     assert data["masks_per_class"] == {"benign": 6, "malignant": 5}
 
 
-def test_cli_class_of_only_masks_exits_2(tmp_path, run_cli):
+def test_cli_class_of_only_masks_exits_2(tmp_path):
     raw = _raw(tmp_path / "raw")
     _png(raw / "normal" / "normal (1)_mask.png", 255)
+    write_params(tmp_path)
     proc = run_cli("strip-masks", "--raw", str(raw), "--out", str(tmp_path / "out"),
-                   "--report", str(tmp_path / "r.json"), check=False)
+                   "--report", str(tmp_path / "r.json"), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert str(raw / "normal") in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_cli_missing_raw_folder_exits_2_naming_it(tmp_path, run_cli):
+def test_cli_missing_raw_folder_exits_2_naming_it(tmp_path):
     missing = tmp_path / "data" / "raw"
+    write_params(tmp_path)
     proc = run_cli("strip-masks", "--raw", str(missing), "--out", str(tmp_path / "out"),
-                   "--report", str(tmp_path / "r.json"), check=False)
+                   "--report", str(tmp_path / "r.json"), cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stderr[-400:]
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr

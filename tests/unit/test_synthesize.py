@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 from PIL import Image
-from typer.testing import CliRunner
 
-from imgclust import synthesize
+from imgclust.core import phantoms
 from imgclust.errors import ParamError
+from imgclust.stages import synthesize
+from support.cli import run_cli
+from support.project import write_params
 
 CLASSES = ("benign", "malignant", "normal")
 IMAGE_NAME = re.compile(r"^(benign|malignant|normal) \((\d+)\)\.png$")
@@ -55,19 +56,19 @@ def _dilate(mask: np.ndarray, steps: int) -> np.ndarray:
 
 @pytest.mark.parametrize("n", [6, 7, 10, 40, 120, 121, 500])
 def test_class_counts_sum_ratios_and_minimum(n):
-    counts = synthesize.class_counts(n)
-    assert list(counts) == list(synthesize.CLASS_FRACTIONS)
+    counts = phantoms.class_counts(n)
+    assert list(counts) == list(phantoms.CLASS_FRACTIONS)
     assert sum(counts.values()) == n
     assert min(counts.values()) >= 2
     if n >= 40:
-        for name, fraction in synthesize.CLASS_FRACTIONS.items():
+        for name, fraction in phantoms.CLASS_FRACTIONS.items():
             assert abs(counts[name] / n - fraction) < 0.03
         assert counts["benign"] > counts["malignant"] > counts["normal"]
 
 
 def test_class_counts_rejects_too_few_images():
     with pytest.raises(ParamError, match=r"synthesize\.n_images.*6"):
-        synthesize.class_counts(5)
+        phantoms.class_counts(5)
 
 
 def test_synthesize_rejects_too_few_images_without_writing(tmp_path):
@@ -79,7 +80,7 @@ def test_synthesize_rejects_too_few_images_without_writing(tmp_path):
 def test_summary_and_layout(dataset):
     root, summary = dataset
     assert summary["n_images"] == 40 and summary["seed"] == 3
-    assert summary["images"] == synthesize.class_counts(40)
+    assert summary["images"] == phantoms.class_counts(40)
     assert sorted(p.name for p in root.iterdir()) == list(CLASSES)
     n_masks = 0
     for name in CLASSES:
@@ -186,24 +187,23 @@ def test_rerun_replaces_the_output_folder(tmp_path):
 
 
 def test_cli_command(tmp_path):
-    app = typer.Typer()
-    app.command()(synthesize.command)
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["--out", str(out), "--n-images", "8", "--seed", "2"])
-    assert result.exit_code == 0, result.output
-    assert "8 images" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    write_params(tmp_path, synthesize__n_images=8, synthesize__seed=2)
+    result = run_cli("synthesize", "--out", str(out), cwd=tmp_path)
+    assert "8 images" in result.stdout
+    assert len((result.stdout + result.stderr).strip().splitlines()) == 1
     assert sum(len(_images(out, name)) for name in CLASSES) == 8
 
 
 def test_cli_rejects_too_few_images(tmp_path):
-    app = typer.Typer()
-    app.command()(synthesize.command)
-    result = CliRunner().invoke(app, ["--out", str(tmp_path / "x"), "--n-images", "2"])
-    assert isinstance(result.exception, ParamError)
+    write_params(tmp_path, synthesize__n_images=2)
+    result = run_cli("synthesize", "--out", str(tmp_path / "x"), cwd=tmp_path, check=False)
+    assert result.returncode == 2  # a ParamError (an ImgclustError), reported without a traceback
+    assert "synthesize.n_images" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x").exists()
 
 
-def test_module_doc_first_line_is_the_cli_help():
-    assert synthesize.__doc__.splitlines()[0] == (
-        "Generate the embedded synthetic BUSI-like phantom dataset."
-    )
+def test_module_doc_first_line_is_the_cli_help(tmp_path):
+    first_line = "Stage synthesize: generate the embedded synthetic BUSI-like phantom dataset."
+    assert synthesize.__doc__.splitlines()[0] == first_line
+    assert first_line in run_cli("synthesize", "--help", cwd=tmp_path).stdout
