@@ -1,8 +1,9 @@
-"""evaluate: evaluate_model on a fitted pipeline, and ``imgclust evaluate --no-mlflow`` outputs.
+"""evaluate: evaluate_model on a fitted pipeline, the plots' inputs (scatter_coordinates,
+thumbnails_by_cluster), and ``imgclust evaluate --no-mlflow`` outputs.
 
 Real data: the synthetic dataset through ingest -> strip_masks -> resize (32x32 gray) -> split ->
-augment (honest) -> featurize (pixels) -> train (build_and_fit). MLflow logging is covered by
-tests/test_tracking.py.
+augment (honest) -> featurize (pixels) -> train (fit_model). MLflow logging is covered by
+tests/system/test_tracking.py.
 """
 
 from __future__ import annotations
@@ -17,23 +18,39 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclust.evaluate import PREDICTION_FIELDS, evaluate_model, scatter_coordinates, thumbnails_by_cluster
-from imgclust.featurize import INDEX_FIELDS, featurize, load_features
-from imgclust.fsutil import read_csv, write_csv
-from imgclust.metrics import METRIC_KEYS, clustering_metrics
-from imgclust.train import build_and_fit
-
-from conftest import run_data_stages
+from imgclust import config
+from imgclust.core.clustering import evaluate_model, fit_model
+from imgclust.core.feature_store import INDEX_FIELDS, load_features
+from imgclust.core.fsutil import read_csv, write_csv
+from imgclust.core.metrics import METRIC_KEYS, clustering_metrics
+from imgclust.core.plots import scatter_coordinates, thumbnails_by_cluster
+from imgclust.stages.evaluate import PREDICTION_FIELDS
+from imgclust.stages.featurize import cnn_params, featurize
+from support.cli import run_cli
+from support.data import run_data_stages
+from support.paths import REPO
+from support.project import write_params
 
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
+SHIPPED = config.load(path=REPO / "params.yaml")  # the project's params.yaml
+
+
+def fit(features: np.ndarray, is_train: np.ndarray, method: str, n_components: int, n_clusters: int,
+        n_init: int = 10):
+    """The train stage's model (honest protocol) with these settings, the others as shipped."""
+    return fit_model(features, is_train, method=method,
+                     pca={**SHIPPED.train.pca.model_dump(), "n_components": n_components},
+                     kmeans={**SHIPPED.train.kmeans.model_dump(), "n_clusters": n_clusters, "n_init": n_init},
+                     scalable=SHIPPED.train.scalable.model_dump(), pca_on_all=False)
 
 
 def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
                    test_size: float = 0.25) -> dict[str, Path]:
     """Run the real data stages and featurize (pixels) on ``source``; return the paths."""
     data = run_data_stages(root, source, mode, size, test_size)
-    featurize(data["images"], data["manifest"], root / "features", "pixels")
+    featurize(data["images"], data["manifest"], root / "features", method="pixels",
+              cnn_params=cnn_params(SHIPPED.featurize.cnn), batch_size=SHIPPED.featurize.batch_size)
     return {"images": data["images"], "features": root / "features", "split": data["split"]}
 
 
@@ -43,7 +60,7 @@ def project(synthetic_dataset, tmp_path_factory):
     paths = build_features(root, synthetic_dataset)
     features, index, meta = load_features(paths["features"])
     is_train = np.array([r["split"] == "train" for r in index])
-    pipeline = build_and_fit(features, is_train, method="pixels", n_components=5, n_clusters=3, n_init=4)
+    pipeline = fit(features, is_train, "pixels", n_components=5, n_clusters=3, n_init=4)
     paths["model"] = root / "model.joblib"
     joblib.dump(pipeline, paths["model"])
     return {**paths, "pipeline": pipeline, "features_array": np.asarray(features), "index": index, "meta": meta}
@@ -126,7 +143,7 @@ def test_evaluate_model_kmeans_only_pipeline(project):
     """A model without scaling or PCA (e.g. cnn features with n_components 0) clusters the raw rows."""
     features = project["features_array"].astype(np.float32)
     is_train = result_is_train(project)
-    pipeline = build_and_fit(features, is_train, method="cnn", n_components=None, n_clusters=3)
+    pipeline = fit(features, is_train, "cnn", n_components=0, n_clusters=3)
     out = evaluate_model(pipeline, features, project["index"])
     np.testing.assert_array_equal(out["clusters"], pipeline.predict(features))
     assert out["embedding"].dtype == np.float32 and out["embedding"].shape == features.shape
@@ -137,7 +154,7 @@ def test_evaluate_model_pixels_without_pca(project):
     from sklearn.cluster import KMeans
     from sklearn.pipeline import Pipeline
 
-    from imgclust.features import PixelScaler
+    from imgclust.core.scaling import PixelScaler
 
     features = project["features_array"]
     is_train = result_is_train(project)
@@ -173,7 +190,7 @@ def test_thumbnails_prefer_originals_of_each_cluster(result, project):
         # originals first; copies (captioned with their op) only fill a cluster short of originals
         assert len(arrays) == min(3, len(members)) and len(captions[cluster]) == len(arrays)
         n_originals_shown = min(3, len(originals))
-        for position, (array, caption) in enumerate(zip(arrays, captions[cluster])):
+        for position, (array, caption) in enumerate(zip(arrays, captions[cluster], strict=True)):
             assert array.shape == (SIZE, SIZE) and array.dtype == np.uint8
             pool = originals if position < n_originals_shown else [i for i in members if i not in originals]
             # every thumbnail is the pixels of a member of that cluster, captioned with its class (and op)
@@ -199,30 +216,22 @@ def test_cluster_of_copies_only_shows_copies_with_their_op(project):
 # ---------------------------------------------------------------- CLI --no-mlflow
 
 
-def evaluate_cli(run_cli, project, out: Path, features_dir: Path | None = None, check: bool = True):
+def evaluate_cli(project, out: Path, features_dir: Path | None = None, check: bool = True):
+    """``imgclust evaluate --no-mlflow`` in ``out`` (whose params.yaml sets evaluate.thumbnails 3),
+    writing the stage's outputs under ``out/evaluation`` as dvc.yaml does."""
+    write_params(out, evaluate__thumbnails=3)
     return run_cli(
         "evaluate", "--features", str(features_dir or project["features"]), "--model", str(project["model"]),
-        "--images", str(project["images"]), "--params", str(out / "params.yaml"),
-        "--metrics", str(out / "metrics.json"), "--plots", str(out / "plots"),
-        "--predictions", str(out / "reports" / "predictions.csv"), "--run-info", str(out / "reports" / "run.json"),
-        "--thumbnails", "3", "--no-mlflow", cwd=out, check=check)
+        "--images", str(project["images"]), "--metrics", str(out / "evaluation" / "metrics.json"),
+        "--plots", str(out / "evaluation" / "plots"), "--predictions", str(out / "evaluation" / "predictions.csv"),
+        "--run-info", str(out / "evaluation" / "mlflow_run.json"), "--no-mlflow", cwd=out, check=check)
 
 
 @pytest.fixture(scope="module")
 def cli_outputs(project, tmp_path_factory):
-    import subprocess
-    import sys
-
     out = tmp_path_factory.mktemp("evaluate_cli")
-    exe = Path(sys.executable).with_name("imgclust")
-
-    def run(*args, cwd=None, check=True):
-        proc = subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True)
-        assert not check or proc.returncode == 0, proc.stderr
-        return proc
-
-    proc = evaluate_cli(run, project, out)
-    return out, proc
+    proc = evaluate_cli(project, out)
+    return out / "evaluation", proc
 
 
 def test_cli_metrics_json(cli_outputs, result):
@@ -235,12 +244,12 @@ def test_cli_metrics_json(cli_outputs, result):
         assert metrics[split] == pytest.approx(expected)
         assert f"evaluate {split}: ARI {result['metrics'][split]['ari']:.4f}" in proc.stdout
     assert "mlflow" not in proc.stdout
-    assert not (out / "reports" / "run.json").exists() and not (out / "mlruns").exists()
+    assert not (out / "mlflow_run.json").exists() and not (out.parent / "mlruns").exists()
 
 
 def test_cli_predictions_csv(cli_outputs, project):
     out, _ = cli_outputs
-    fields, rows = read_predictions(out / "reports" / "predictions.csv")
+    fields, rows = read_predictions(out / "predictions.csv")
     assert fields == list(PREDICTION_FIELDS) == ["file", "class", "split", "op", "cluster"]
     index = project["index"]
     assert [(r["file"], r["class"], r["split"], r["op"]) for r in rows] == \
@@ -255,7 +264,7 @@ def test_cli_plots(cli_outputs, name):
     check_png(out / "plots" / name)
 
 
-def test_cli_metrics_json_is_strict_when_a_metric_is_nan(project, tmp_path, run_cli):
+def test_cli_metrics_json_is_strict_when_a_metric_is_nan(project, tmp_path):
     """A single test row has no silhouette (NaN): metrics.json must hold null, not NaN."""
     features_dir = tmp_path / "features"
     features_dir.mkdir()
@@ -266,26 +275,32 @@ def test_cli_metrics_json_is_strict_when_a_metric_is_nan(project, tmp_path, run_
     for i in test_rows[1:]:
         index[i]["split"] = "train"
     write_csv(features_dir / "index.csv", index, INDEX_FIELDS)
-    evaluate_cli(run_cli, project, tmp_path, features_dir)
-    metrics = strict_json(tmp_path / "metrics.json")
+    evaluate_cli(project, tmp_path, features_dir)
+    metrics_path = tmp_path / "evaluation" / "metrics.json"
+    metrics = strict_json(metrics_path)
     assert metrics["test"]["n_samples"] == 1
     assert metrics["test"]["silhouette"] is None
     assert isinstance(metrics["train"]["silhouette"], float)
-    assert "NaN" not in (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in metrics_path.read_text()
 
 
-def test_cli_missing_model_exits_2(project, tmp_path, run_cli):
+def test_cli_missing_model_exits_2(project, tmp_path):
+    write_params(tmp_path)
     proc = run_cli("evaluate", "--features", str(project["features"]), "--model", str(tmp_path / "none.joblib"),
                    "--images", str(project["images"]), "--metrics", str(tmp_path / "metrics.json"),
-                   "--plots", str(tmp_path / "plots"), "--no-mlflow", cwd=tmp_path, check=False)
+                   "--plots", str(tmp_path / "plots"), "--predictions", str(tmp_path / "predictions.csv"),
+                   "--run-info", str(tmp_path / "mlflow_run.json"), "--no-mlflow", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "none.joblib: not found; run the train stage" in proc.stderr
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_cli_missing_features_exits_2(project, tmp_path, run_cli):
+def test_cli_missing_features_exits_2(project, tmp_path):
+    write_params(tmp_path)
     proc = run_cli("evaluate", "--features", str(tmp_path / "nofeatures"), "--model", str(project["model"]),
-                   "--metrics", str(tmp_path / "metrics.json"), "--no-mlflow", cwd=tmp_path, check=False)
+                   "--images", str(project["images"]), "--metrics", str(tmp_path / "metrics.json"),
+                   "--plots", str(tmp_path / "plots"), "--predictions", str(tmp_path / "predictions.csv"),
+                   "--run-info", str(tmp_path / "mlflow_run.json"), "--no-mlflow", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "run the featurize stage" in proc.stderr
     assert not (tmp_path / "metrics.json").exists()

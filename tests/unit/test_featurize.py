@@ -1,7 +1,7 @@
 """featurize (pixels method): the feature matrix, its index and meta, load_features, and input errors.
 
 The data are real: the synthetic dataset run through the real ingest -> strip_masks -> resize (32x32)
--> split -> augment stages, then featurize. (The cnn method is covered by tests/test_cnn.py.)
+-> split -> augment stages, then featurize. (The cnn method is covered by tests/unit/test_cnn.py.)
 """
 
 from __future__ import annotations
@@ -12,14 +12,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclust import config
+from imgclust.core.feature_store import INDEX_FIELDS, check_method, load_features
+from imgclust.core.fsutil import read_csv, write_csv
 from imgclust.errors import InputDataError, ParamError
-from imgclust.featurize import INDEX_FIELDS, check_method, featurize, load_features
-from imgclust.fsutil import read_csv, write_csv
-
-from conftest import run_data_stages
+from imgclust.stages.featurize import cnn_params, featurize
+from support.cli import run_cli
+from support.data import run_data_stages
+from support.paths import REPO
+from support.project import write_params
 
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
+# the project's featurize.cnn.* as the stage passes them (the pixels method ignores them)
+CNN_PARAMS = cnn_params(config.load(path=REPO / "params.yaml").featurize.cnn)
+BATCH_SIZE = 256  # the project's featurize.batch_size
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +34,8 @@ def gray_data(synthetic_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("featurize_gray")
     data = run_data_stages(root, synthetic_dataset, "gray", SIZE)
     data["features"] = root / "features"
-    data["meta"] = featurize(data["images"], data["manifest"], data["features"], "pixels", batch_size=256)
+    data["meta"] = featurize(data["images"], data["manifest"], data["features"], method="pixels", cnn_params=CNN_PARAMS,
+                             batch_size=256)
     return data
 
 
@@ -37,7 +45,8 @@ def rgb_data(synthetic_dataset, tmp_path_factory):
     data = run_data_stages(root, synthetic_dataset, "rgb", SIZE)
     data["features"] = root / "features"
     # a batch size that does not divide the row count: batch boundaries must not shift rows
-    data["meta"] = featurize(data["images"], data["manifest"], data["features"], "pixels", batch_size=7)
+    data["meta"] = featurize(data["images"], data["manifest"], data["features"], method="pixels", cnn_params=CNN_PARAMS,
+                             batch_size=7)
     return data
 
 
@@ -52,14 +61,15 @@ def test_features_are_uint8_flattened_images_in_manifest_order(request, name, ch
     assert features.dtype == np.uint8
     assert features.shape == (len(manifest), SIZE * SIZE * channels)
     assert len(manifest) > 36  # originals plus augmented copies
-    for row, vector in zip(manifest, features):
+    for row, vector in zip(manifest, features, strict=True):
         pixels = np.asarray(Image.open(data["images"] / row["path"]))
         assert pixels.shape == ((SIZE, SIZE) if channels == 1 else (SIZE, SIZE, 3))
         np.testing.assert_array_equal(vector, pixels.reshape(-1), err_msg=row["path"])
 
 
 def test_batch_size_does_not_change_the_features(gray_data, tmp_path):
-    meta = featurize(gray_data["images"], gray_data["manifest"], tmp_path / "f", "pixels", batch_size=5)
+    meta = featurize(gray_data["images"], gray_data["manifest"], tmp_path / "f", method="pixels", cnn_params=CNN_PARAMS,
+                     batch_size=5)
     assert meta == gray_data["meta"]
     np.testing.assert_array_equal(np.load(tmp_path / "f" / "features.npy"),
                                   np.load(gray_data["features"] / "features.npy"))
@@ -75,7 +85,7 @@ def test_index_agrees_with_augmented_manifest(request, name):
     assert header == ["file", "class", "split", "source", "op"] == list(INDEX_FIELDS)
     index = read_csv(data["features"] / "index.csv")
     assert len(index) == len(manifest)
-    for entry, row in zip(index, manifest):
+    for entry, row in zip(index, manifest, strict=True):
         assert entry == {"file": row["path"], "class": row["class"], "split": row["split"],
                          "source": row["source"], "op": row["op"]}
     # honest protocol: every test row is an original, augmented copies are train only
@@ -155,7 +165,8 @@ def test_check_method_accepts_known_methods(method):
 
 def test_featurize_unknown_method_writes_nothing(gray_data, tmp_path):
     with pytest.raises(ParamError, match="Did you mean 'pixels'"):
-        featurize(gray_data["images"], gray_data["manifest"], tmp_path / "out", "pixel")
+        featurize(gray_data["images"], gray_data["manifest"], tmp_path / "out", method="pixel", cnn_params=CNN_PARAMS,
+                  batch_size=BATCH_SIZE)
     assert not (tmp_path / "out").exists()
 
 
@@ -165,7 +176,7 @@ def test_featurize_missing_image(gray_data, copy_of, tmp_path):
     (images / victim).unlink()
     out = tmp_path / "features"
     with pytest.raises(InputDataError) as info:
-        featurize(images, gray_data["manifest"], out, "pixels")
+        featurize(images, gray_data["manifest"], out, method="pixels", cnn_params=CNN_PARAMS, batch_size=BATCH_SIZE)
     assert victim in str(info.value) and "1 image(s)" in str(info.value)
     assert not out.exists()
 
@@ -176,19 +187,21 @@ def test_featurize_missing_image_keeps_previous_output(gray_data, copy_of):
     before = (out / "features.npy").read_bytes()
     (images / read_csv(gray_data["manifest"])[0]["path"]).unlink()
     with pytest.raises(InputDataError):
-        featurize(images, gray_data["manifest"], out, "pixels")
+        featurize(images, gray_data["manifest"], out, method="pixels", cnn_params=CNN_PARAMS, batch_size=BATCH_SIZE)
     assert (out / "features.npy").read_bytes() == before
 
 
 def test_featurize_missing_manifest(gray_data, tmp_path):
     with pytest.raises(InputDataError, match="file not found"):
-        featurize(gray_data["images"], tmp_path / "nope.csv", tmp_path / "out", "pixels")
+        featurize(gray_data["images"], tmp_path / "nope.csv", tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS,
+                  batch_size=BATCH_SIZE)
 
 
 def test_featurize_empty_manifest(gray_data, tmp_path):
     write_csv(tmp_path / "empty.csv", [], ("path", "class", "split", "source", "op"))
     with pytest.raises(InputDataError, match="lists no image"):
-        featurize(gray_data["images"], tmp_path / "empty.csv", tmp_path / "out", "pixels")
+        featurize(gray_data["images"], tmp_path / "empty.csv", tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS,
+                  batch_size=BATCH_SIZE)
 
 
 def test_featurize_images_of_different_sizes(gray_data, copy_of, tmp_path):
@@ -196,29 +209,33 @@ def test_featurize_images_of_different_sizes(gray_data, copy_of, tmp_path):
     victim = read_csv(gray_data["manifest"])[-1]["path"]
     Image.open(images / victim).resize((SIZE + 3, SIZE)).save(images / victim)
     with pytest.raises(InputDataError, match="differ in shape"):
-        featurize(images, gray_data["manifest"], tmp_path / "out", "pixels", batch_size=8)
+        featurize(images, gray_data["manifest"], tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS,
+                  batch_size=8)
     assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_featurize_pixels(gray_data, tmp_path, run_cli):
+def test_cli_featurize_pixels(gray_data, tmp_path):
+    work = tmp_path / "work"
+    write_params(work, featurize__method="pixels", featurize__batch_size=16)
     out = tmp_path / "features"
     proc = run_cli("featurize", "--in", str(gray_data["images"]), "--manifest", str(gray_data["manifest"]),
-                   "--out", str(out), "--method", "pixels", "--batch-size", "16")
+                   "--out", str(out), cwd=work)
     n = gray_data["meta"]["n_samples"]
     assert f"{n} x {SIZE * SIZE} uint8" in proc.stdout
     np.testing.assert_array_equal(np.load(out / "features.npy"), np.load(gray_data["features"] / "features.npy"))
     assert json.loads((out / "meta.json").read_text()) == gray_data["meta"]
 
 
-def test_cli_featurize_bad_method_exits_2(gray_data, tmp_path, run_cli):
+def test_cli_featurize_bad_method_exits_2(gray_data, tmp_path):
+    work = tmp_path / "work"
+    write_params(work, featurize__method="pixel")
     out = tmp_path / "features"
     proc = run_cli("featurize", "--in", str(gray_data["images"]), "--manifest", str(gray_data["manifest"]),
-                   "--out", str(out), "--method", "pixel", check=False)
+                   "--out", str(out), cwd=work, check=False)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "Did you mean 'pixels'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
-

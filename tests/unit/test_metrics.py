@@ -1,4 +1,4 @@
-"""Tests for imgclust.metrics."""
+"""Tests for imgclust.core.metrics."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import silhouette_score
 
-from imgclust.metrics import (
+from imgclust.core.metrics import (
     METRIC_KEYS,
     cluster_class_mapping,
     clustering_metrics,

@@ -1,4 +1,4 @@
-"""train: build_and_fit (what PCA and KMeans are fitted on), check_params, and the ``imgclust train`` CLI.
+"""train: fit_model (what PCA and KMeans are fitted on), check_params, and the ``imgclust train`` CLI.
 
 Real features: the synthetic dataset through ingest -> strip_masks -> resize (32x32 gray) -> split ->
 augment (honest) -> featurize (pixels).
@@ -13,21 +13,42 @@ import numpy as np
 import pytest
 import yaml
 
+from imgclust import config
+from imgclust.core.clustering import SVD_SOLVERS, check_params, fit_model
+from imgclust.core.feature_store import load_features
 from imgclust.errors import ParamError
-from imgclust.featurize import featurize, load_features
-from imgclust.train import SVD_SOLVERS, build_and_fit, check_params
-
-from conftest import REPO, run_data_stages
+from imgclust.stages.featurize import cnn_params, featurize
+from support.cli import run_cli
+from support.data import run_data_stages
+from support.paths import REPO
+from support.project import write_params
 
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
+SHIPPED = config.load(path=REPO / "params.yaml")  # the project's params.yaml
+
+
+def settings(*, n_components: int | None, whiten: bool | None = None, svd_solver: str | None = None,
+             n_clusters: int | None = None, n_init: int | None = None, random_state: int | None = None,
+             threshold: int | None = None, batch_size: int | None = None, pca_on_all: bool = False) -> dict:
+    """fit_model's settings: the shipped train.* sections with the given values in place."""
+    train = SHIPPED.train
+    given = {"pca": {"n_components": n_components, "whiten": whiten, "svd_solver": svd_solver},
+             "kmeans": {"n_clusters": n_clusters, "n_init": n_init, "random_state": random_state},
+             "scalable": {"threshold": threshold, "batch_size": batch_size}}
+    result = {section: {**getattr(train, section).model_dump(),
+                        **{key: value for key, value in values.items() if value is not None}}
+              for section, values in given.items()}
+    result["pca"]["n_components"] = n_components  # None or 0: no PCA
+    return {**result, "pca_on_all": pca_on_all}
 
 
 def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
                    test_size: float = 0.25) -> Path:
     """Run the real data stages and featurize (pixels) on ``source``; return the features folder."""
     data = run_data_stages(root, source, mode, size, test_size)
-    featurize(data["images"], data["manifest"], root / "features", "pixels")
+    featurize(data["images"], data["manifest"], root / "features", method="pixels",
+              cnn_params=cnn_params(SHIPPED.featurize.cnn), batch_size=SHIPPED.featurize.batch_size)
     return root / "features"
 
 
@@ -48,12 +69,12 @@ def scaled(rows: np.ndarray) -> np.ndarray:
     return np.asarray(rows, np.float32) * np.float32(1 / 255)
 
 
-# ---------------------------------------------------------------- build_and_fit
+# ---------------------------------------------------------------- fit_model
 
 
 def test_pca_is_fitted_on_train_rows_only(data):
     features, is_train, _ = data
-    pipeline = build_and_fit(features, is_train, method="pixels", n_components=5)
+    pipeline = fit_model(features, is_train, method="pixels", **settings(n_components=5))
     assert list(pipeline.named_steps) == ["scale", "pca", "kmeans"]
     pca = pipeline.named_steps["pca"]
     train_mean = scaled(features[is_train]).mean(axis=0)
@@ -66,7 +87,7 @@ def test_pca_is_fitted_on_train_rows_only(data):
 
 def test_pca_on_all_rows_when_asked(data):
     features, is_train, _ = data
-    pipeline = build_and_fit(features, is_train, method="pixels", n_components=5, pca_on_all=True)
+    pipeline = fit_model(features, is_train, method="pixels", **settings(n_components=5, pca_on_all=True))
     pca = pipeline.named_steps["pca"]
     np.testing.assert_allclose(pca.mean_, scaled(features).mean(axis=0), atol=1e-5)
     assert not np.allclose(pca.mean_, scaled(features[is_train]).mean(axis=0), atol=1e-5)
@@ -76,7 +97,8 @@ def test_pca_on_all_rows_when_asked(data):
 @pytest.mark.parametrize("pca_on_all", [False, True])
 def test_kmeans_is_fitted_on_train_rows_only(data, pca_on_all):
     features, is_train, _ = data
-    pipeline = build_and_fit(features, is_train, method="pixels", n_components=5, pca_on_all=pca_on_all)
+    pipeline = fit_model(features, is_train, method="pixels",
+                         **settings(n_components=5, pca_on_all=pca_on_all))
     kmeans = pipeline.named_steps["kmeans"]
     assert kmeans.labels_.shape == (int(is_train.sum()),)
     np.testing.assert_array_equal(kmeans.labels_, pipeline.predict(features[is_train]))
@@ -84,8 +106,9 @@ def test_kmeans_is_fitted_on_train_rows_only(data, pca_on_all):
 
 def test_kmeans_and_pca_parameters_are_honoured(data):
     features, is_train, _ = data
-    pipeline = build_and_fit(features, is_train, method="pixels", n_components=7, whiten=True,
-                             svd_solver="full", n_clusters=4, n_init=3, random_state=11)
+    pipeline = fit_model(features, is_train, method="pixels",
+                         **settings(n_components=7, whiten=True, svd_solver="full", n_clusters=4, n_init=3,
+                                    random_state=11))
     pca, kmeans = pipeline.named_steps["pca"], pipeline.named_steps["kmeans"]
     assert (pca.n_components, pca.n_components_, pca.whiten, pca.svd_solver, pca.random_state) == \
         (7, 7, True, "full", 11)
@@ -100,7 +123,8 @@ def test_kmeans_and_pca_parameters_are_honoured(data):
 @pytest.mark.parametrize("n_components", [None, 0])
 def test_no_pca_step_without_components(data, n_components):
     features, is_train, _ = data
-    pipeline = build_and_fit(features, is_train, method="pixels", n_components=n_components, n_clusters=3)
+    pipeline = fit_model(features, is_train, method="pixels",
+                         **settings(n_components=n_components, n_clusters=3))
     assert list(pipeline.named_steps) == ["scale", "kmeans"]
     kmeans = pipeline.named_steps["kmeans"]
     assert kmeans.cluster_centers_.shape == (3, features.shape[1])
@@ -110,18 +134,18 @@ def test_no_pca_step_without_components(data, n_components):
 def test_non_pixel_features_are_not_scaled(data):
     features, is_train, _ = data
     floats = np.asarray(features, np.float32)
-    pipeline = build_and_fit(floats, is_train, method="cnn", n_components=None, n_clusters=3)
+    pipeline = fit_model(floats, is_train, method="cnn", **settings(n_components=None, n_clusters=3))
     assert list(pipeline.named_steps) == ["kmeans"]
     assert pipeline.named_steps["kmeans"].labels_.shape == (int(is_train.sum()),)
-    with_pca = build_and_fit(floats, is_train, method="cnn", n_components=4)
+    with_pca = fit_model(floats, is_train, method="cnn", **settings(n_components=4))
     assert list(with_pca.named_steps) == ["pca", "kmeans"]
     np.testing.assert_allclose(with_pca.named_steps["pca"].mean_, floats[is_train].mean(axis=0), rtol=1e-4)
 
 
 def test_same_seed_same_model(data):
     features, is_train, _ = data
-    a = build_and_fit(features, is_train, method="pixels", n_components=5, random_state=3, n_init=4)
-    b = build_and_fit(features, is_train, method="pixels", n_components=5, random_state=3, n_init=4)
+    a = fit_model(features, is_train, method="pixels", **settings(n_components=5, random_state=3, n_init=4))
+    b = fit_model(features, is_train, method="pixels", **settings(n_components=5, random_state=3, n_init=4))
     np.testing.assert_array_equal(a.predict(features), b.predict(features))
     np.testing.assert_array_equal(a.named_steps["kmeans"].cluster_centers_,
                                   b.named_steps["kmeans"].cluster_centers_)
@@ -131,7 +155,8 @@ def test_same_seed_same_model(data):
 def test_randomized_and_arpack_solvers_fit(data):
     features, is_train, _ = data
     for solver in ("randomized", "arpack", "covariance_eigh"):
-        pipeline = build_and_fit(features, is_train, method="pixels", n_components=3, svd_solver=solver)
+        pipeline = fit_model(features, is_train, method="pixels",
+                             **settings(n_components=3, svd_solver=solver))
         assert pipeline.named_steps["pca"].components_.shape == (3, features.shape[1])
 
 
@@ -142,9 +167,9 @@ def test_scalable_solvers_above_the_threshold(data):
 
     features, is_train, meta = data
     assert isinstance(features, np.memmap)  # streamed from the memory-mapped file, batch by batch
-    kwargs = dict(method="pixels", n_components=5, n_clusters=3, n_init=3, random_state=0)
-    scalable = build_and_fit(features, is_train, scalable_threshold=10, batch_size=16, **kwargs)
-    exact = build_and_fit(features, is_train, scalable_threshold=0, **kwargs)
+    kwargs = dict(n_components=5, n_clusters=3, n_init=3, random_state=0)
+    scalable = fit_model(features, is_train, method="pixels", **settings(threshold=10, batch_size=16, **kwargs))
+    exact = fit_model(features, is_train, method="pixels", **settings(threshold=0, **kwargs))
     assert isinstance(scalable.named_steps["pca"], IncrementalPCA)
     assert isinstance(scalable.named_steps["kmeans"], MiniBatchKMeans)
     assert type(exact.named_steps["pca"]) is PCA
@@ -156,7 +181,7 @@ def test_scalable_solvers_above_the_threshold(data):
     labels = scalable.predict(np.asarray(features))
     assert labels.shape == (len(features),) and set(labels) <= {0, 1, 2}
     # deterministic for a seed, and close to the exact clustering on this small set
-    again = build_and_fit(features, is_train, scalable_threshold=10, batch_size=16, **kwargs)
+    again = fit_model(features, is_train, method="pixels", **settings(threshold=10, batch_size=16, **kwargs))
     assert np.array_equal(again.predict(np.asarray(features)), labels)
     assert adjusted_rand_score(exact.predict(np.asarray(features)), labels) > 0.5
 
@@ -172,13 +197,12 @@ def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path,
     features, index, _ = load_features(features_dir)
     is_train = np.array([row["split"] == "train" for row in index])
     classes = np.array([row["class"] for row in index])
-    kwargs = dict(method="pixels", n_components=params["train"]["pca"]["n_components"],
-                  n_clusters=params["train"]["kmeans"]["n_clusters"], n_init=params["train"]["kmeans"]["n_init"],
-                  random_state=params["train"]["kmeans"]["random_state"],
-                  batch_size=params["train"]["scalable"]["batch_size"])
+    train = params["train"]  # the shipped pca and kmeans sections, as the train stage passes them
     ari = {}
     for name, threshold in (("exact", 0), ("scalable", 1)):
-        labels = build_and_fit(features, is_train, scalable_threshold=threshold, **kwargs).predict(features)
+        model = fit_model(features, is_train, method="pixels", pca=train["pca"], kmeans=train["kmeans"],
+                          scalable={**train["scalable"], "threshold": threshold}, pca_on_all=False)
+        labels = model.predict(features)
         ari[name] = np.array([adjusted_rand_score(classes[rows], labels[rows]) for rows in (is_train, ~is_train)])
     np.testing.assert_allclose(ari["exact"], [0.097, -0.022], atol=0.0005)
     assert np.abs(ari["scalable"] - ari["exact"]).max() <= 0.01, ari
@@ -187,8 +211,8 @@ def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path,
 def test_scalable_batch_smaller_than_components_is_refused(data):
     features, is_train, _ = data
     with pytest.raises(ParamError, match="batch_size"):
-        build_and_fit(features, is_train, method="pixels", n_components=20, n_clusters=3,
-                      scalable_threshold=10, batch_size=8)
+        fit_model(features, is_train, method="pixels",
+                  **settings(n_components=20, n_clusters=3, threshold=10, batch_size=8))
 
 
 # ---------------------------------------------------------------- check_params
@@ -238,76 +262,91 @@ def test_check_params_unknown_solver():
     assert "'lapack'" in str(info.value) and ", ".join(SVD_SOLVERS) in str(info.value)
 
 
-def test_build_and_fit_limits_come_from_train_rows(data):
+def test_fit_model_limits_come_from_train_rows(data):
     """Honest protocol: PCA sees only train rows, so its component limit is the train count."""
     features, is_train, _ = data
     n_train = int(is_train.sum())
     with pytest.raises(ParamError, match=rf"not in \[1, {n_train}\]"):
-        build_and_fit(features, is_train, method="pixels", n_components=n_train + 1)
+        fit_model(features, is_train, method="pixels", **settings(n_components=n_train + 1))
     # the tutorial protocol fits PCA on all rows, so the same value is fine there
-    pipeline = build_and_fit(features, is_train, method="pixels", n_components=n_train + 1, pca_on_all=True)
+    pipeline = fit_model(features, is_train, method="pixels",
+                         **settings(n_components=n_train + 1, pca_on_all=True))
     assert pipeline.named_steps["pca"].n_components_ == n_train + 1
     with pytest.raises(ParamError, match=rf"exceeds the {n_train} train images"):
-        build_and_fit(features, is_train, method="pixels", n_components=None, n_clusters=n_train + 1)
+        fit_model(features, is_train, method="pixels", **settings(n_components=0, n_clusters=n_train + 1))
 
 
 # ---------------------------------------------------------------- CLI
 
 
-def test_cli_train_writes_the_model(features_dir, data, tmp_path, run_cli):
+def test_cli_train_writes_the_model(features_dir, data, tmp_path):
     features, is_train, _ = data
+    work = tmp_path / "work"
+    write_params(work, protocol="honest", train__pca__n_components=6, train__pca__svd_solver="full",
+                 train__kmeans__n_clusters=3, train__kmeans__n_init=2, train__kmeans__random_state=5,
+                 train__pca__whiten=False)
     out = tmp_path / "models" / "model.joblib"
-    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), "--protocol", "honest",
-                   "--n-components", "6", "--svd-solver", "full", "--n-clusters", "3", "--n-init", "2",
-                   "--random-state", "5", "--whiten", "false")
+    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), cwd=work)
     assert f"scale -> pca -> kmeans on {int(is_train.sum())} train rows" in proc.stdout
     model = joblib.load(out)
-    expected = build_and_fit(features, is_train, method="pixels", n_components=6, svd_solver="full",
-                             n_clusters=3, n_init=2, random_state=5)
+    expected = fit_model(features, is_train, method="pixels",
+                         **settings(n_components=6, svd_solver="full", n_clusters=3, n_init=2, random_state=5))
     np.testing.assert_array_equal(model.predict(features), expected.predict(features))
     np.testing.assert_allclose(model.named_steps["pca"].mean_, scaled(features[is_train]).mean(axis=0), atol=1e-5)
     assert model.named_steps["pca"].whiten is False
 
 
-def test_cli_train_zero_components_means_no_pca(features_dir, data, tmp_path, run_cli):
+def test_cli_train_zero_components_means_no_pca(features_dir, data, tmp_path):
     """params.yaml documents ``train.pca.n_components: 0`` as "no PCA"."""
     features, is_train, _ = data
+    work = tmp_path / "work"
+    write_params(work, train__pca__n_components=0, train__kmeans__n_clusters=3)
     out = tmp_path / "model.joblib"
-    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), "--n-components", "0",
-                   "--n-clusters", "3", check=False)
+    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), cwd=work, check=False)
     assert proc.returncode == 0, proc.stderr
     model = joblib.load(out)
     assert list(model.named_steps) == ["scale", "kmeans"]
     assert model.named_steps["kmeans"].cluster_centers_.shape == (3, features.shape[1])
 
 
-def test_cli_train_tutorial_protocol_fits_pca_on_all_rows(features_dir, data, tmp_path, run_cli):
+def test_cli_train_tutorial_protocol_fits_pca_on_all_rows(features_dir, data, tmp_path):
     features, _, _ = data
+    work = tmp_path / "work"
+    write_params(work, protocol="tutorial", train__pca__n_components=4, train__pca__whiten=True)
     out = tmp_path / "model.joblib"
-    run_cli("train", "--features", str(features_dir), "--out", str(out), "--protocol", "tutorial",
-            "--n-components", "4", "--whiten", "true")
+    run_cli("train", "--features", str(features_dir), "--out", str(out), cwd=work)
     pca = joblib.load(out).named_steps["pca"]
     assert pca.whiten is True
     np.testing.assert_allclose(pca.mean_, scaled(features).mean(axis=0), atol=1e-5)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--n-clusters", "1"], "n_clusters must be >= 2, got 1"),
-    (["--n-clusters", "500"], "n_clusters=500 exceeds the"),
-    (["--n-components", "5000"], "train.pca.n_components=5000 is not in [1, "),
-    (["--svd-solver", "lapack"], "unknown train.pca.svd_solver 'lapack'"),
+@pytest.mark.parametrize("overrides, message", [
+    # refused by params.yaml's schema, before the features are read
+    ({"train__kmeans__n_clusters": 1},
+     "train.kmeans.n_clusters: Input should be greater than or equal to 2 (got 1)."),
+    ({"train__pca__svd_solver": "lapack"}, "train.pca.svd_solver: 'lapack' is not one of 'auto', "),
+    # refused for the data at hand
+    ({"train__kmeans__n_clusters": 500}, "n_clusters=500 exceeds the"),
+    ({"train__pca__n_components": 5000}, "train.pca.n_components=5000 is not in [1, "),
 ])
-def test_cli_train_bad_params_exit_2_without_model(features_dir, tmp_path, run_cli, args, message):
+def test_cli_train_bad_params_exit_2_without_model(features_dir, tmp_path, overrides, message):
+    work = tmp_path / "work"
+    write_params(work, **overrides)
     out = tmp_path / "model.joblib"
-    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), *args, check=False)
+    proc = run_cli("train", "--features", str(features_dir), "--out", str(out), cwd=work, check=False)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: ") and message in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not out.exists() and list(tmp_path.iterdir()) == []
+    # nothing written besides the params.yaml the test wrote
+    assert not out.exists() and list(tmp_path.iterdir()) == [work]
+    assert list(work.iterdir()) == [work / "params.yaml"]
 
 
-def test_cli_train_missing_features_exit_2(tmp_path, run_cli):
-    proc = run_cli("train", "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "m.joblib"), check=False)
+def test_cli_train_missing_features_exit_2(tmp_path):
+    work = tmp_path / "work"
+    write_params(work)
+    proc = run_cli("train", "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "m.joblib"), cwd=work,
+                   check=False)
     assert proc.returncode == 2
     assert "run the featurize stage" in proc.stderr
     assert not (tmp_path / "m.joblib").exists()
