@@ -230,9 +230,10 @@ def read(path: Path = PARAMS_FILE) -> Any:
         raise ParamError(f"{path}: not valid YAML ({exc}).") from None
 
 
-class UndeclaredParamError(AttributeError):
+class UndeclaredParamError(LookupError):
     """Code read a key of params.yaml that its stage does not declare: DVC would not rerun the
-    stage when that key changes. Add the key to the stage's PARAMS and its dvc.yaml ``params``."""
+    stage when that key changes. Add the key to the stage's PARAMS and its dvc.yaml ``params``.
+    Not an AttributeError, so ``getattr(view, key, default)`` cannot hide it."""
 
 
 class ParamsView:
@@ -243,6 +244,8 @@ class ParamsView:
         self._model, self._keys, self._prefix = model, keys, prefix
 
     def __getattr__(self, name: str):
+        if name.startswith("_"):  # copy/pickle probes; never a parameter
+            raise AttributeError(name)
         dotted = f"{self._prefix}{name}"
         if dotted in self._keys:
             return getattr(self._model, name)
