@@ -1,18 +1,22 @@
-"""Real servers on 127.0.0.1 (MLflow tracking and model servers, moto S3) for the system tests."""
+"""The one harness for real servers on 127.0.0.1 (MLflow tracking and model servers, moto S3) in the
+system tests: a free port, plain HTTP requests without proxies, and a server process started in its
+own process group, waited for (bounded) and always stopped as a group."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-SERVER_START_S = 90
+SERVER_START_S = 120
 
 
 def free_port() -> int:
@@ -33,6 +37,36 @@ def http(url: str, *, data: bytes | None = None, method: str | None = None, head
         return exc.code, exc.read()
 
 
+def http_json(url: str, body: dict | None = None, *, method: str | None = None,
+              timeout: float = 30) -> tuple[int, str]:
+    """(status, text) of one JSON request: POST when there is a ``body``, GET otherwise."""
+    data = None if body is None else json.dumps(body).encode()
+    status, payload = http(url, data=data, method=method,
+                           headers={"Content-Type": "application/json"} if data is not None else {},
+                           timeout=timeout)
+    return status, payload.decode(errors="replace")
+
+
+def tool(name: str) -> str:
+    """A console script of this interpreter's environment (mlflow, moto_server), else its bare name."""
+    exe = Path(sys.executable).with_name(name)
+    return str(exe) if exe.exists() else name
+
+
+def server_env(**extra: str) -> dict:
+    """The environment of a server: this interpreter's tools first on PATH, no tracking URI or DVC
+    variable inherited from the test run."""
+    env = {**os.environ}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        env.pop(name, None)
+    return {**env, **extra}
+
+
+def log_tail(log: Path, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
+
+
 @contextlib.contextmanager
 def server_process(args: list[str], *, ready_url: str, log: Path, env: dict | None = None, cwd: Path | None = None,
                    timeout: float = SERVER_START_S):
@@ -45,18 +79,32 @@ def server_process(args: list[str], *, ready_url: str, log: Path, env: dict | No
             deadline = time.monotonic() + timeout
             while True:
                 if proc.poll() is not None:
-                    raise AssertionError(f"{args[0]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+                    raise AssertionError(f"{args[:3]} exited with {proc.returncode}:\n{log_tail(log)}")
                 try:
                     if http(ready_url, timeout=2)[0] == 200:
                         break
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"{ready_url} not ready after {timeout} s:\n{log.read_text()[-4000:]}")
+                    raise AssertionError(f"{ready_url} not ready after {timeout} s:\n{log_tail(log)}")
                 time.sleep(0.3)
             yield proc
         finally:
             stop_group(proc)
+
+
+@contextlib.contextmanager
+def mlflow_server(backend_uri: str, *, workdir: Path, artifacts: list[str], env: dict | None = None):
+    """``mlflow server`` on a free port of 127.0.0.1 over ``backend_uri``, with ``artifacts`` (its
+    artifact options); yields its URL. Its log is ``workdir``/server.log."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    args = [tool("mlflow"), "server", "--backend-store-uri", backend_uri, *artifacts,
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # MLflow 3 also starts a job runner with several huey consumers (GenAI jobs); not needed here
+    env = server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {}))
+    with server_process(args, ready_url=f"{url}/health", log=workdir / "server.log", env=env, cwd=workdir):
+        yield url
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -69,5 +117,9 @@ def stop_group(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             continue
         break
-    with contextlib.suppress(ProcessLookupError):  # workers that outlived the leader
+    deadline = time.monotonic() + 5  # workers may outlive the leader for a moment
+    with contextlib.suppress(ProcessLookupError):
+        while time.monotonic() < deadline:
+            os.killpg(proc.pid, 0)
+            time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)

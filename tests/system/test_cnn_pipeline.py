@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline_e2e import make_project, mlflow_runs, sh
+from support.cli import run_installed
+from support.project import make_project, mlflow_runs, sh, write_params
 
 FRESH_PROCESS_PREDICT = """
 import json, sys
@@ -43,7 +44,7 @@ def test_cnn_experiment_logs_an_image_model_that_matches_evaluate(tmp_path, kera
     assert run["params"]["featurize.cnn.alpha"] == "0.25"
     assert "test_ari" in run["metrics"]
 
-    with open(root / "reports" / "predictions.csv", newline="") as fh:
+    with open(root / "evaluation" / "predictions.csv", newline="") as fh:
         test_rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
     assert test_rows
     # the ORIGINAL files (before resize) of the test images, so the model's own loading is exercised
@@ -57,13 +58,17 @@ def test_cnn_experiment_logs_an_image_model_that_matches_evaluate(tmp_path, kera
     assert predicted == [int(r["cluster"]) for r in test_rows]
 
 
-def test_missing_weights_fail_before_work_with_a_clear_message(tmp_path, run_cli, synthetic_dataset):
+def test_missing_weights_fail_before_work_with_a_clear_message(tmp_path):
+    """featurize.method cnn with a backbone whose weights the Keras home lacks: exit 2 naming the
+    file, the folder searched and the fixes, before any output is written. Keras reads KERAS_HOME
+    once, when first imported, so the installed command runs in a fresh process."""
     empty_home = tmp_path / "keras-home"
     (empty_home / "models").mkdir(parents=True)
+    work = tmp_path / "work"
+    write_params(work, featurize__method="cnn", featurize__cnn__backbone="mobilenet_v2")
     out = tmp_path / "features"
-    proc = run_cli("featurize", "--in", str(tmp_path / "no-images"), "--manifest", str(tmp_path / "none.csv"),
-                   "--out", str(out), "--method", "cnn", "--backbone", "mobilenet_v2",
-                   env={"KERAS_HOME": str(empty_home)}, check=False)
+    proc = run_installed("featurize", "--in", str(tmp_path / "no-images"), "--manifest", str(tmp_path / "none.csv"),
+                         "--out", str(out), cwd=work, env={"KERAS_HOME": str(empty_home)}, check=False)
     assert proc.returncode == 2
     message = proc.stderr
     for part in ("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",

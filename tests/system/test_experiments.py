@@ -10,29 +10,23 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from conftest import imgclust_bin
-from test_pipeline_e2e import make_project, mlflow_runs, sh
+from support.cli import imgclust_bin
+from support.project import make_project, mlflow_runs, sh
+from support.servers import free_port, http_json, log_tail, mlflow_server, server_env, server_process, tool
 
 SMALL = {"synthesize__n_images": 36, "resize__width": 48, "resize__height": 48}
 BASELINE_K = 3                  # params.yaml default: the `dvc repro` baseline
 SWEEP = "train.kmeans.n_clusters=range(2,7)"   # k = 2..6; k = 3 repeats the baseline
 SWEEP_KS = {2, 3, 4, 5, 6}
 QUEUE_TIMEOUT_S = 420
-SERVER_TIMEOUT_S = 120
 CLASSES = {"benign", "malignant", "normal"}
 
 
@@ -80,86 +74,6 @@ def wait_for_queue(root: Path, timeout: float) -> dict[str, str]:
         time.sleep(3)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http(method: str, url: str, body: dict | None = None, timeout: float = 30) -> tuple[int, str]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-class Server:
-    """A real server process in its own process group, killed as a group on exit (servers fork
-    workers: uvicorn under `mlflow models serve`, uvicorn and job runners under `mlflow server`)."""
-
-    def __init__(self, args: list[str], *, ready_path: str, port: int, log: Path, cwd: Path, env: dict):
-        self.url = f"http://127.0.0.1:{port}"
-        self.args, self.ready_path, self.log, self.cwd, self.env = args, ready_path, log, cwd, env
-
-    def __enter__(self) -> "Server":
-        self._log = open(self.log, "wb")
-        self.proc = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + SERVER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.args[:3]} exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                status, _ = http("GET", self.url + self.ready_path, timeout=2)
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"{self.args[:3]} not ready after {SERVER_TIMEOUT_S} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self._log.flush()
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def __exit__(self, *exc) -> None:
-        pid = self.proc.pid
-        try:
-            os.killpg(pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-            deadline = time.monotonic() + 5  # workers may outlive the leader for a moment
-            while time.monotonic() < deadline:
-                os.killpg(pid, 0)
-                time.sleep(0.2)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-        self._log.close()
-
-
-def server_env(**extra: str) -> dict:
-    env = {**os.environ}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("DVC_ROOT", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return {**env, **extra}
-
-
 def read_csv(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -167,7 +81,7 @@ def read_csv(path: Path) -> list[dict]:
 
 def pipeline_predictions(root: Path) -> dict[str, int]:
     """file (relative to data/augmented) -> cluster, as the evaluate stage wrote them."""
-    return {row["file"]: int(row["cluster"]) for row in read_csv(root / "reports" / "predictions.csv")}
+    return {row["file"]: int(row["cluster"]) for row in read_csv(root / "evaluation" / "predictions.csv")}
 
 
 def register_baseline(sweep) -> None:
@@ -323,7 +237,7 @@ def test_predict_with_registered_baseline_matches_the_pipeline(sweep, tmp_path):
 
     # cluster_class: the class most represented in the cluster among TRAIN rows (ties: alphabetical)
     counts: dict[int, Counter] = {}
-    for row in read_csv(root / "reports" / "predictions.csv"):
+    for row in read_csv(root / "evaluation" / "predictions.csv"):
         if row["split"] == "train":
             counts.setdefault(int(row["cluster"]), Counter())[row["class"]] += 1
     majority = {k: min(c, key=lambda cls: (-c[cls], cls)) for k, c in counts.items()}
@@ -372,15 +286,10 @@ def test_tracking_server_rest_api_lists_the_runs(sweep, tmp_path):
     root = sweep["root"]
     stored = {r["run_id"]: r for r in mlflow_runs(root)}
     experiment = client(root).get_experiment_by_name("imgclust")
-    port = free_port()
-    args = ["mlflow", "server", "--backend-store-uri", store_uri(root),
-            "--default-artifact-root", (root / "mlruns" / "artifacts").as_uri(),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    # job execution (huey consumers: 7 processes) is not needed to serve the tracking API
-    env = server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    with Server(args, ready_path="/health", port=port, log=tmp_path / "server.log", cwd=tmp_path, env=env) as server:
-        status, body = http("POST", server.url + "/api/2.0/mlflow/runs/search",
-                            {"experiment_ids": [experiment.experiment_id], "max_results": 1000})
+    with mlflow_server(store_uri(root), workdir=tmp_path,
+                       artifacts=["--default-artifact-root", (root / "mlruns" / "artifacts").as_uri()]) as url:
+        status, body = http_json(url + "/api/2.0/mlflow/runs/search",
+                                 {"experiment_ids": [experiment.experiment_id], "max_results": 1000})
         assert status == 200, body
         runs = json.loads(body)["runs"]
         assert {r["info"]["run_id"] for r in runs} == set(stored)
@@ -396,9 +305,9 @@ def test_tracking_server_rest_api_lists_the_runs(sweep, tmp_path):
             assert run["info"]["status"] == "FINISHED"
         assert pipeline_seen == 1 + len(sweep["new_runs"])
 
-        status, body = http("POST", server.url + "/api/2.0/mlflow/runs/search",
-                            {"experiment_ids": [experiment.experiment_id],
-                             "filter": "params.`train.kmeans.n_clusters` = '4'"})
+        status, body = http_json(url + "/api/2.0/mlflow/runs/search",
+                                 {"experiment_ids": [experiment.experiment_id],
+                                  "filter": "params.`train.kmeans.n_clusters` = '4'"})
         assert status == 200, body
         filtered = json.loads(body)["runs"]
         assert [r["info"]["run_id"] for r in filtered] == [
@@ -413,16 +322,18 @@ def test_models_serve_champion_matches_the_pipeline(sweep, tmp_path):
     expected = pipeline_predictions(root)
     files = sorted(expected)[::7]
     port = free_port()
-    args = ["mlflow", "models", "serve", "-m", "models:/imgclust@champion", "--env-manager", "local",
+    url = f"http://127.0.0.1:{port}"
+    args = [tool("mlflow"), "models", "serve", "-m", "models:/imgclust@champion", "--env-manager", "local",
             "-h", "127.0.0.1", "-p", str(port)]
     env = server_env(MLFLOW_TRACKING_URI=store_uri(root))
-    with Server(args, ready_path="/ping", port=port, log=tmp_path / "serve.log", cwd=tmp_path, env=env) as server:
+    log = tmp_path / "serve.log"
+    with server_process(args, ready_url=f"{url}/ping", log=log, cwd=tmp_path, env=env):
         paths = [[str(root / "data" / "augmented" / name)] for name in files]
-        status, body = http("POST", server.url + "/invocations",
-                            {"dataframe_split": {"columns": ["path"], "data": paths}}, timeout=60)
-        assert status == 200, f"{body}\n{server.tail()}"
+        status, body = http_json(url + "/invocations", {"dataframe_split": {"columns": ["path"], "data": paths}},
+                                 timeout=60)
+        assert status == 200, f"{body}\n{log_tail(log)}"
         assert json.loads(body)["predictions"] == [expected[name] for name in files]
 
-        status, body = http("POST", server.url + "/invocations",
-                            {"dataframe_split": {"columns": ["path"], "data": [[str(tmp_path / "missing.png")]]}})
+        status, body = http_json(url + "/invocations",
+                                 {"dataframe_split": {"columns": ["path"], "data": [[str(tmp_path / "missing.png")]]}})
         assert status >= 400, body

@@ -5,11 +5,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
+import re
 import shutil
-import sqlite3
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,51 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))  # one way to copy the project: the benchmarks' helper
-from project_copy import make_project as copy_project  # noqa: E402
-
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
-
-
-def _env() -> dict:
-    env = {**os.environ, **GIT_ENV}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("DVC_ROOT", None)
-    return env
-
-
-def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, env=_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def make_project(root: Path, **overrides) -> Path:
-    """A fresh git + DVC repository holding the project's pipeline files and ``src/`` (a stage dep),
-    made as the benchmarks make theirs; ``overrides`` set params, ``__`` between levels (resize__width=64)."""
-    root.mkdir(parents=True)
-    copy_project(root, {key.replace("__", "."): value for key, value in overrides.items()}, _env())
-    return root
-
-
-def mlflow_runs(root: Path) -> list[dict]:
-    db = root / "mlruns" / "mlflow.db"
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as con:
-        runs = con.execute("select run_uuid from runs where lifecycle_stage='active'").fetchall()
-        result = []
-        for (run_id,) in runs:
-            tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)).fetchall())
-            metrics = dict(con.execute("select key, value from latest_metrics where run_uuid=?", (run_id,)).fetchall())
-            params = dict(con.execute("select key, value from params where run_uuid=?", (run_id,)).fetchall())
-            result.append({"run_id": run_id, "tags": tags, "metrics": metrics, "params": params})
-    return result
+from support.paths import REPO
+from support.project import make_project, mlflow_runs, sh
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +36,10 @@ def test_repro_produces_every_output(project):
         manifest = list(csv.DictReader(fh))
     train_counts = Counter(row["class"] for row in manifest if row["split"] == "train")
     assert len(set(train_counts.values())) == 1, train_counts
-    metrics = json.loads((project / "metrics.json").read_text())
+    metrics = json.loads((project / "evaluation" / "metrics.json").read_text())
     assert set(metrics) == {"train", "test"}
     for name in ("contingency.png", "scatter.png", "thumbnails.png"):
-        assert (project / "plots" / name).stat().st_size > 1000
+        assert (project / "evaluation" / "plots" / name).stat().st_size > 1000
 
 
 def test_outputs_are_linked_to_the_dvc_cache_and_unchanged_files_stored_once(project):
@@ -114,7 +68,7 @@ def test_one_mlflow_run_per_execution_and_noop_repro(project):
     runs = mlflow_runs(project)
     assert len(runs) == 1
     run = runs[0]
-    metrics = json.loads((project / "metrics.json").read_text())
+    metrics = json.loads((project / "evaluation" / "metrics.json").read_text())
     assert run["metrics"]["train_ari"] == pytest.approx(metrics["train"]["ari"])
     assert run["metrics"]["test_ari"] == pytest.approx(metrics["test"]["ari"])
     assert run["params"]["train.kmeans.n_clusters"] == "3"
@@ -152,6 +106,76 @@ def test_changing_augment_reruns_only_from_augment(project):
     params["augment"]["seed"] = 0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "up to date" in sh("dvc", "status", cwd=project).stdout
+
+
+STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
+# source files each stage imports, whose edit must make the stage out of date: a core module and
+# the config every stage imports, and the stage's own module (evaluate: also the MLflow names)
+STAGE_SOURCES = {stage: ["src/imgclust/core/fsutil.py", "src/imgclust/config.py", f"src/imgclust/stages/{stage}.py"]
+                 for stage in STAGES}
+STAGE_SOURCES["evaluate"].append("src/imgclust/tracking/naming.py")
+
+
+def changed_stages(root: Path) -> dict:
+    """stage -> what changed, from ``dvc status --json`` ({} when everything is up to date)."""
+    return json.loads(sh("dvc", "status", "--json", cwd=root).stdout.strip() or "{}")
+
+
+def ran_stages(repro_stdout: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", repro_stdout))
+
+
+@pytest.fixture(scope="module")
+def project_copy(project, tmp_path_factory) -> Path:
+    """A copy of the reproduced project (git, DVC cache and lock included) that tests may edit."""
+    copy = tmp_path_factory.mktemp("e2e-copy") / "project"
+    shutil.copytree(project, copy, symlinks=True)
+    assert changed_stages(copy) == {}, "the copy must start up to date"
+    return copy
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_editing_a_source_file_a_stage_imports_makes_it_changed(project_copy, stage):
+    assert (project_copy / "src" / "imgclust" / "stages" / f"{stage}.py").is_file(), "one module per stage"
+    for rel in STAGE_SOURCES[stage]:
+        path = project_copy / rel
+        original = path.read_bytes()
+        try:
+            path.write_bytes(original + b"\n# a comment changes the file, so the stage must rerun\n")
+            changed = changed_stages(project_copy)
+            assert stage in changed, (rel, changed)
+            if rel.startswith("src/imgclust/stages/"):
+                # a stage's own module is a dependency of that stage only
+                assert set(changed) == {stage}, (rel, changed)
+        finally:
+            path.write_bytes(original)
+    assert changed_stages(project_copy) == {}
+
+
+def test_synthesize_params_do_not_matter_when_the_source_is_elsewhere(tmp_path, synthetic_dataset):
+    """With data.source pointing at another folder, synthesize's outputs feed nothing: changing
+    synthesize.n_images reruns synthesize alone, and evaluate logs no new MLflow run."""
+    source = tmp_path / "dataset"
+    shutil.copytree(synthetic_dataset, source)
+    root = make_project(tmp_path / "project", data__source=str(source), synthesize__n_images=36,
+                        resize__width=48, resize__height=48)
+    first = sh("dvc", "repro", cwd=root).stdout
+    assert "evaluate" in ran_stages(first)
+    (run,) = mlflow_runs(root)
+    assert run["params"]["data.source"] == str(source)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "reproduced", cwd=root)
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["synthesize"]["n_images"] = 45
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert set(changed_stages(root)) == {"synthesize"}
+    again = sh("dvc", "repro", cwd=root).stdout
+    assert ran_stages(again) == {"synthesize"}, again
+    for stage in STAGES[STAGES.index("ingest"):]:
+        assert f"Stage '{stage}' didn't change, skipping" in again, (stage, again)
+    assert [r["run_id"] for r in mlflow_runs(root)] == [run["run_id"]]
+    assert changed_stages(root) == {}
 
 
 def test_exp_run_in_workspace_and_temp_each_log_one_run(project):

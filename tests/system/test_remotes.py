@@ -10,95 +10,26 @@ remote too: an absolute external source would be a machine path in params.yaml t
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from test_pipeline_e2e import make_project, mlflow_runs, sh
+from support.project import make_project, mlflow_runs, sh
+from support.servers import free_port, http, server_process, tool
 
 SMALL = {"synthesize__n_images": 36, "resize__width": 48, "resize__height": 48}
-OUTPUT_ROOTS = ("data", "models", "reports", "metrics.json")
+OUTPUT_ROOTS = ("data", "models", "reports", "evaluation")
 BUCKET = "imgclust-dvc"
 S3_URL = f"s3://{BUCKET}/store"
 # credentials and profiles of the machine must not leak into (or rescue) the tests
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
-SERVER_START_S = 90
 
 pytestmark = pytest.mark.slow
-
-
-# ----------------------------------------------------------------------- servers (shared with other tests)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http(url: str, *, data: bytes | None = None, method: str | None = None, headers: dict | None = None,
-         timeout: float = 10) -> tuple[int, bytes]:
-    """(status, body) of one request, without any proxy from the environment."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-@contextlib.contextmanager
-def server_process(args: list[str], *, ready_url: str, log: Path, env: dict | None = None, cwd: Path | None = None,
-                   timeout: float = SERVER_START_S):
-    """Start a server in its own process group, wait (bounded) until ``ready_url`` answers 200, and
-    always terminate the whole group (servers such as mlflow/uvicorn fork workers) afterwards."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise AssertionError(f"{args[0]} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-                try:
-                    if http(ready_url, timeout=2)[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{ready_url} not ready after {timeout} s:\n{log.read_text()[-4000:]}")
-                time.sleep(0.3)
-            yield proc
-        finally:
-            stop_group(proc)
-
-
-def stop_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group we created, SIGKILL what is left after a bounded wait."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-        break
-    with contextlib.suppress(ProcessLookupError):  # workers that outlived the leader
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -154,8 +85,8 @@ def s3(tmp_path_factory, aws_isolated) -> dict:
 
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    moto = Path(sys.executable).with_name("moto_server")
-    args = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
+    moto = tool("moto_server")
+    args = [moto] if Path(moto).is_absolute() else [sys.executable, "-m", "moto.server"]
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with server_process([*args, "-H", "127.0.0.1", "-p", str(port)], ready_url=f"{endpoint}/moto-api/", log=log):
         bootstrap = {"endpoint_url": endpoint, "region_name": "us-east-1",
@@ -217,7 +148,7 @@ def test_history_has_two_distinct_versions(history):
     assert v1[f"data/raw/benign/{history['changed'].name}"] != v2[f"data/raw/benign/{history['changed'].name}"]
     # one image changed: the unrelated generated dataset did not
     assert all(v1[k] == v2[k] for k in v1 if k.startswith("data/synthetic/"))
-    assert any(k.startswith("models/") for k in v1) and "metrics.json" in v1
+    assert any(k.startswith("models/") for k in v1) and "evaluation/metrics.json" in v1
     assert sum(1 for k in v1 if k.startswith("data/resized/")) == 36
     # the folder remote holds DVC's content-addressed objects
     assert list((history["folder"] / "files" / "md5").rglob("*"))

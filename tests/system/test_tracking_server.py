@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
 
-from test_pipeline_e2e import _env, make_project, mlflow_runs, sh
-from test_remotes import free_port, http, server_process
+from support.project import env, make_project, mlflow_runs, sh
+from support.servers import http, http_json, mlflow_server
 
 SMALL = {"synthesize__n_images": 36, "resize__width": 48, "resize__height": 48}
 EXPERIMENT = "imgclust"
@@ -28,9 +26,7 @@ pytestmark = pytest.mark.slow
 
 def api(url: str, endpoint: str, body: dict | None = None, query: str = "") -> dict:
     """One REST call to the tracking server (POST when there is a body)."""
-    data = json.dumps(body).encode() if body is not None else None
-    status, payload = http(f"{url}/api/2.0/{endpoint}{'?' + query if query else ''}", data=data,
-                           headers={"Content-Type": "application/json"} if data else {})
+    status, payload = http_json(f"{url}/api/2.0/{endpoint}{'?' + query if query else ''}", body)
     assert status == 200, (endpoint, status, payload[:500])
     return json.loads(payload)
 
@@ -38,17 +34,8 @@ def api(url: str, endpoint: str, body: dict | None = None, query: str = "") -> d
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    mlflow = Path(sys.executable).with_name("mlflow")
-    args = [str(mlflow) if mlflow.exists() else "mlflow", "server",
-            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-            "--serve-artifacts", "--artifacts-destination", str(home / "artifacts"),
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    # MLflow 3 also starts a job runner with several huey consumers (GenAI jobs); not needed here
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with server_process(args, ready_url=f"{url}/health", log=home / "server.log", env=env, cwd=home):
+    with mlflow_server(f"sqlite:///{home / 'mlflow.db'}", workdir=home,
+                       artifacts=["--serve-artifacts", "--artifacts-destination", str(home / "artifacts")]) as url:
         yield {"url": url, "home": home}
 
 
@@ -56,9 +43,7 @@ def server(tmp_path_factory) -> dict:
 def served(server, tmp_path_factory) -> dict:
     """The pipeline reproduced once with MLFLOW_TRACKING_URI pointing at the server."""
     root = make_project(tmp_path_factory.mktemp("served") / "project", **SMALL)
-    env = {**_env(), "MLFLOW_TRACKING_URI": server["url"]}
-    proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sh("dvc", "repro", cwd=root, extra_env={"MLFLOW_TRACKING_URI": server["url"]})
     experiment = api(server["url"], "mlflow/experiments/get-by-name", query=f"experiment_name={EXPERIMENT}")
     experiment_id = experiment["experiment"]["experiment_id"]
     runs = api(server["url"], "mlflow/runs/search", {"experiment_ids": [experiment_id]}).get("runs", [])
@@ -75,7 +60,7 @@ def test_run_params_metrics_and_tags_are_on_the_server(served, server):
     metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
     params = {p["key"]: p["value"] for p in run["data"]["params"]}
     tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-    expected = json.loads((root / "metrics.json").read_text())
+    expected = json.loads((root / "evaluation" / "metrics.json").read_text())
     for split in ("train", "test"):
         for name in ("ari", "nmi", "cluster_accuracy", "n_samples"):
             assert metrics[f"{split}_{name}"] == pytest.approx(expected[split][name])
@@ -84,7 +69,7 @@ def test_run_params_metrics_and_tags_are_on_the_server(served, server):
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     raw = next(o["md5"] for o in lock["stages"]["ingest"]["outs"] if o["path"] == "data/raw")
     assert tags["data.ingest.data/raw"] == raw
-    info = json.loads((root / "reports" / "mlflow_run.json").read_text())
+    info = json.loads((root / "evaluation" / "mlflow_run.json").read_text())
     assert info["run_id"] == run["info"]["run_id"] and info["tracking_uri"] == server["url"]
 
 
@@ -112,7 +97,7 @@ def test_nothing_is_written_to_the_local_store(served):
 def test_image_model_loads_from_the_server_in_a_fresh_process(served, server, tmp_path):
     root = served["root"]
     run_id = served["runs"][0]["info"]["run_id"]
-    with open(root / "reports" / "predictions.csv", newline="") as fh:
+    with open(root / "evaluation" / "predictions.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "test"][:4]
     assert rows
     request = {"uri": f"runs:/{run_id}/image_model",
@@ -124,8 +109,8 @@ def test_image_model_loads_from_the_server_in_a_fresh_process(served, server, tm
         model = mlflow.pyfunc.load_model(request["uri"])
         print(json.dumps([int(c) for c in model.predict(pd.DataFrame({"path": request["paths"]}))]))
     """)
-    env = {**_env(), "MLFLOW_TRACKING_URI": server["url"]}
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(request)], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(request)], cwd=tmp_path,
+                          env=env(MLFLOW_TRACKING_URI=server["url"]),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [int(r["cluster"]) for r in rows]
