@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import imgclust_bin
-from support.project import make_project, mlflow_runs, sh
+from support.project import env, make_project, mlflow_runs, sh
 from support.servers import free_port, http_json, log_tail, mlflow_server, server_env, server_process, tool
 
 SMALL = {"synthesize__n_images": 36, "resize__width": 48, "resize__height": 48}
@@ -106,7 +106,9 @@ def sweep(tmp_path_factory):
     queued = sh("dvc", "exp", "run", "--queue", "-S", SWEEP, cwd=root).stdout
     assert queued.count("Queued experiment") == len(SWEEP_KS), queued
     try:
-        sh("dvc", "queue", "start", "-j", "2", cwd=root)
+        # not captured: the queue's workers outlive `dvc queue start` and would hold a pipe open
+        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env(), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tasks = wait_for_queue(root, QUEUE_TIMEOUT_S)
     finally:
         sh("dvc", "queue", "stop", cwd=root, check=False)

@@ -7,6 +7,8 @@ Labels are never used to fit; ``evaluate_model`` and ``scan_k`` score against th
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from imgclust.core.metrics import clustering_metrics
@@ -14,6 +16,24 @@ from imgclust.core.parallel import iter_batches, release_pages
 from imgclust.errors import ParamError
 
 SVD_SOLVERS = ("auto", "full", "covariance_eigh", "arpack", "randomized")
+
+
+@contextmanager
+def one_thread():
+    """BLAS and OpenMP limited to one thread, so that the model and its results do not depend on the
+    machine's thread count (OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, cores).
+
+    With 2 threads OpenBLAS sums the long products of pixels (36,100 terms) in another order than
+    with 1, so PCA's components differed in their last bits; KMeans adds its threads' partial sums in
+    the order they finish, and pickles its thread count with the model. Used as a decorator too.
+    """
+    # threadpoolctl limits only the libraries already loaded: load them first
+    import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS: PCA's SVD)
+    import sklearn.cluster  # noqa: F401  (scikit-learn's OpenMP runtime: KMeans)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def check_params(n_fit_pca: int, n_train: int, n_features: int, n_components: int | None,
@@ -34,6 +54,7 @@ def check_params(n_fit_pca: int, n_train: int, n_features: int, n_components: in
             )
 
 
+@one_thread()
 def fit_model(features: np.ndarray, is_train: np.ndarray, *, method: str, pca: dict, kmeans: dict,
               scalable: dict, pca_on_all: bool):
     """Return a fitted ``Pipeline``. PCA is fitted on the train rows, or on all rows when
@@ -77,6 +98,7 @@ def fit_model(features: np.ndarray, is_train: np.ndarray, *, method: str, pca: d
     return pipeline
 
 
+@one_thread()
 def embed(pipeline, features: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     """The clustering space (all steps but the clusterer) of ``features``, computed batch by batch
     so that memory-mapped features are never loaded whole."""
@@ -126,6 +148,7 @@ def _fit_in_batches(features, is_train, *, method, pca, kmeans, batch_size, pca_
     return pipeline
 
 
+@one_thread()
 def evaluate_model(pipeline, features: np.ndarray, index: list[dict], *, random_state: int = 0) -> dict:
     """Cluster every row and score train and test rows separately.
 
@@ -145,6 +168,7 @@ def evaluate_model(pipeline, features: np.ndarray, index: list[dict], *, random_
     return {"clusters": clusters, "embedding": embedding, "labels": labels, "splits": splits, "metrics": metrics}
 
 
+@one_thread()
 def scan_k(features: np.ndarray, index: list[dict], ks: list[int], *, method: str, pca: dict, kmeans: dict,
            scalable: dict, pca_on_all: bool) -> list[dict]:
     """Fit the transform part of the model once, then the clusterer for every k on the TRAIN rows,

@@ -117,7 +117,8 @@ def clustering_metrics(
 
     ``silhouette`` is computed on ``embedding`` (the space the clustering was done in, shape
     ``(n_samples, d)``), on a random subsample of ``silhouette_sample_size`` rows (seeded by
-    ``random_state``) when there are more samples than that. It is ``float("nan")`` when
+    ``random_state``) when there are more samples than that, in float64 with one BLAS thread: the
+    same value whatever the input's float type and the machine's thread count. It is ``float("nan")`` when
     ``embedding`` is None, when fewer than 2 distinct clusters exist (in the subsample, if any),
     or when every sample is its own cluster.
     """
@@ -150,6 +151,7 @@ def _silhouette(
     if embedding is None:
         return math.nan
     from sklearn.metrics import silhouette_score
+    from threadpoolctl import threadpool_limits
 
     x = np.asarray(embedding)
     if x.ndim == 1:
@@ -169,4 +171,6 @@ def _silhouette(
     # sklearn requires 2 <= n_labels <= n_samples - 1.
     if n_labels < 2 or n_labels >= c.shape[0]:
         return math.nan
-    return float(silhouette_score(x, c))
+    x = x.astype(np.float64)  # a float32 embedding gives float32 distances
+    with threadpool_limits(limits=1, user_api="blas"):  # BLAS sums in another order with more threads
+        return float(silhouette_score(x, c))

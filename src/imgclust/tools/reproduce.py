@@ -228,15 +228,17 @@ def _outside_source(params: dict, workdir: Path, repo: str) -> str | None:
 
 
 def _evaluate_outputs(workdir: Path) -> tuple[Path, Path]:
-    """(metrics file, MLflow run-info file) of the evaluate stage, as the checked-out dvc.yaml wires them."""
+    """(metrics file, MLflow run-info file) of the evaluate stage, as the checked-out dvc.yaml wires them:
+    its metrics entry and the ``--run-info`` path of its command."""
+    import shlex
+
     import yaml
 
     stage = ((yaml.safe_load((workdir / "dvc.yaml").read_text()) or {}).get("stages") or {}).get("evaluate") or {}
     names = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage.get("metrics", [])]
-    outs = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in stage.get("outs", [])]
-    metrics = names[0] if names else "metrics.json"
-    run_info = next((out for out in outs if Path(out).name == "mlflow_run.json"), "reports/mlflow_run.json")
-    return workdir / metrics, workdir / run_info
+    words = shlex.split(str(stage.get("cmd", "")))
+    run_info = words[words.index("--run-info") + 1] if "--run-info" in words[:-1] else "reports/mlflow_run.json"
+    return workdir / (names[0] if names else "metrics.json"), workdir / run_info
 
 
 def reproduce_run(run_id: str, repo: str | None = None, workdir: Path | None = None, *, pull: bool = True,
