@@ -6,6 +6,7 @@ here, so ``pytest -m "not slow"`` is the fast tier (tests/unit/)."""
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from support.archives import serve_folder
 from support.paths import BUSI256, BUSI_SAMPLE, KERAS_HOME, SHARED
 from support.project import tree_hashes
 
@@ -28,6 +30,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 SYSTEM_TESTS = Path(__file__).parent / "system"
+TRACKING_ENV_VARS = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
+
+# a dvc.lock (as its YAML parses) with recognizable md5s, and the data.<stage>.<out> tags read from it
+FAKE_DVC_LOCK = {
+    "schema": "2.0",
+    "stages": {
+        "synthesize": {"cmd": "imgclust synthesize", "outs": [
+            {"path": "data/synthetic", "hash": "md5", "md5": "0" * 32 + ".dir", "size": 1, "nfiles": 1}]},
+        "ingest": {"cmd": "imgclust ingest", "deps": [
+            {"path": "data/synthetic", "hash": "md5", "md5": "d" * 32 + ".dir"}], "outs": [
+            {"path": "data/manifests/raw.csv", "hash": "md5", "md5": "1" * 32, "size": 10},
+            {"path": "data/raw", "hash": "md5", "md5": "2" * 32 + ".dir", "size": 10, "nfiles": 3},
+            {"path": "reports/ingest.json", "hash": "md5", "md5": "3" * 32, "size": 10}]},
+        "augment": {"cmd": "imgclust augment", "outs": [
+            {"path": "data/augmented", "hash": "md5", "md5": "4" * 32 + ".dir", "size": 10, "nfiles": 3}]},
+        "featurize": {"cmd": "imgclust featurize", "outs": [
+            {"path": "data/features", "hash": "md5", "md5": "5" * 32 + ".dir", "size": 10, "nfiles": 3}]},
+        "train": {"cmd": "imgclust train", "outs": [
+            {"path": "models/model.joblib", "hash": "md5", "md5": "6" * 32, "size": 10}]},
+        "evaluate": {"cmd": "imgclust evaluate", "outs": [
+            {"path": "evaluation/predictions.csv", "hash": "md5", "md5": "7" * 32, "size": 10}]},
+    },
+}
+FAKE_DVC_LOCK_TAGS = {
+    "data.ingest.data/manifests/raw.csv": "1" * 32,
+    "data.ingest.data/raw": "2" * 32 + ".dir",
+    "data.ingest.reports/ingest.json": "3" * 32,
+    "data.augment.data/augmented": "4" * 32 + ".dir",
+    "data.featurize.data/features": "5" * 32 + ".dir",
+}
 
 
 def pytest_collection_modifyitems(items):
@@ -77,3 +109,45 @@ def copy_of(tmp_path):
         return dst
 
     return _copy
+
+
+@pytest.fixture
+def private_tmp(tmp_path, monkeypatch):
+    """tempfile pointed at a private folder; after the test it must be empty again."""
+    import tempfile
+
+    folder = tmp_path / "tmpdir"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    yield folder
+    assert not list(folder.iterdir()), "a temporary extraction folder was left behind"
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / 'served'``; yields that folder and its
+    base URL."""
+    served = tmp_path / "served"
+    served.mkdir()
+    with serve_folder(served) as base:
+        yield served, base
+
+
+@pytest.fixture
+def isolated_mlflow(monkeypatch):
+    """No tracking URI or DVC variable from outside, and MLflow's global tracking URI (which
+    set_tracking_uri also exports as MLFLOW_TRACKING_URI) restored after the test."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", utils._tracking_uri)
+    for name in TRACKING_ENV_VARS:
+        monkeypatch.setenv(name, "placeholder")  # recorded, so teardown restores the original state
+        monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.fixture(scope="session")
+def fake_dvc_lock() -> tuple[dict, dict]:
+    """(lock, tags): a dvc.lock as its YAML parses, with recognizable md5s, and the ``data.*`` tags
+    runs.dvc_lock_hashes must read from it (copies: change them freely)."""
+    return copy.deepcopy(FAKE_DVC_LOCK), dict(FAKE_DVC_LOCK_TAGS)

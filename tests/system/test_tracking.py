@@ -36,45 +36,17 @@ ENV_VARS = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
 
-LOCK = {
-    "schema": "2.0",
-    "stages": {
-        "synthesize": {"cmd": "imgclust synthesize", "outs": [
-            {"path": "data/synthetic", "hash": "md5", "md5": "0" * 32 + ".dir", "size": 1, "nfiles": 1}]},
-        "ingest": {"cmd": "imgclust ingest", "deps": [
-            {"path": "data/synthetic", "hash": "md5", "md5": "d" * 32 + ".dir"}], "outs": [
-            {"path": "data/manifests/raw.csv", "hash": "md5", "md5": "1" * 32, "size": 10},
-            {"path": "data/raw", "hash": "md5", "md5": "2" * 32 + ".dir", "size": 10, "nfiles": 3},
-            {"path": "reports/ingest.json", "hash": "md5", "md5": "3" * 32, "size": 10}]},
-        "augment": {"cmd": "imgclust augment", "outs": [
-            {"path": "data/augmented", "hash": "md5", "md5": "4" * 32 + ".dir", "size": 10, "nfiles": 3}]},
-        "featurize": {"cmd": "imgclust featurize", "outs": [
-            {"path": "data/features", "hash": "md5", "md5": "5" * 32 + ".dir", "size": 10, "nfiles": 3}]},
-        "train": {"cmd": "imgclust train", "outs": [
-            {"path": "models/model.joblib", "hash": "md5", "md5": "6" * 32, "size": 10}]},
-        "evaluate": {"cmd": "imgclust evaluate", "outs": [
-            {"path": "evaluation/predictions.csv", "hash": "md5", "md5": "7" * 32, "size": 10}]},
-    },
-}
-LOCK_TAGS = {
-    "data.ingest.data/manifests/raw.csv": "1" * 32,
-    "data.ingest.data/raw": "2" * 32 + ".dir",
-    "data.ingest.reports/ingest.json": "3" * 32,
-    "data.augment.data/augmented": "4" * 32 + ".dir",
-    "data.featurize.data/features": "5" * 32 + ".dir",
-}
-
 
 def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", "-c", "commit.gpgsign=false", *args], cwd=cwd, check=True, capture_output=True,
                           text=True, env={**os.environ, **GIT_ENV}).stdout.strip()
 
 
-def lock_with_params(params: dict) -> dict:
-    """LOCK with the ``params`` entry DVC writes for every stage of the repository's dvc.yaml: the
-    values of the keys the stage declares (a dotted key stays dotted, as DVC records it)."""
+def lock_with_params(base_lock: dict, params: dict) -> dict:
+    """``base_lock`` with the ``params`` entry DVC writes for every stage of the repository's
+    dvc.yaml: the values of the keys the stage declares (a dotted key stays dotted, as DVC records it)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    lock = json.loads(json.dumps(LOCK))
+    lock = json.loads(json.dumps(base_lock))
     for name, stage in stages.items():
         recorded = {}
         for key in stage.get("params", []):
@@ -116,7 +88,7 @@ def test_git_tags_in_a_real_repository(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def e2e(synthetic_dataset, tmp_path_factory):
+def e2e(synthetic_dataset, fake_dvc_lock, tmp_path_factory):
     """Build the data, train with the CLI, then run ``imgclust evaluate`` (with MLflow) once, from a
     temporary git project holding params.yaml and dvc.lock, into a temporary SQLite store.
 
@@ -149,7 +121,7 @@ def e2e(synthetic_dataset, tmp_path_factory):
               batch_size=params["featurize"]["batch_size"])
 
     project = tmp / "project"
-    lock = lock_with_params(params)
+    lock = lock_with_params(fake_dvc_lock[0], params)
     lock["stages"]["evaluate"]["params"]["params.yaml"]["evaluate"] = {"thumbnails": 8}
     params_yaml = json.loads(json.dumps(params))
     params_yaml["synthesize"]["n_images"] = params["synthesize"]["n_images"] + 1
@@ -262,7 +234,7 @@ def test_e2e_artifacts(e2e, logged):
     assert summary["reports"]["augment"] == json.loads((e2e["project"] / "reports" / "augment.json").read_text())
 
 
-def test_e2e_tags(e2e, logged):
+def test_e2e_tags(e2e, logged, fake_dvc_lock):
     tags = logged[2][0].data.tags
     head = git(e2e["project"], "rev-parse", "HEAD")
     assert tags["git_commit"] == head
@@ -271,7 +243,7 @@ def test_e2e_tags(e2e, logged):
     assert "dvc_baseline_rev" not in tags
     assert tags["featurize.method"] == "pixels"
     data_tags = {k: v for k, v in tags.items() if k.startswith("data.")}
-    assert data_tags == LOCK_TAGS
+    assert data_tags == fake_dvc_lock[1]
 
 
 def test_e2e_logged_models_predict_like_predictions_csv(e2e, logged):

@@ -16,50 +16,6 @@ from imgclust.tools import reproduce
 from imgclust.tracking import naming, runs, store
 from support.paths import REPO
 
-ENV_VARS = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
-
-LOCK = {
-    "schema": "2.0",
-    "stages": {
-        "synthesize": {"cmd": "imgclust synthesize", "outs": [
-            {"path": "data/synthetic", "hash": "md5", "md5": "0" * 32 + ".dir", "size": 1, "nfiles": 1}]},
-        "ingest": {"cmd": "imgclust ingest", "deps": [
-            {"path": "data/synthetic", "hash": "md5", "md5": "d" * 32 + ".dir"}], "outs": [
-            {"path": "data/manifests/raw.csv", "hash": "md5", "md5": "1" * 32, "size": 10},
-            {"path": "data/raw", "hash": "md5", "md5": "2" * 32 + ".dir", "size": 10, "nfiles": 3},
-            {"path": "reports/ingest.json", "hash": "md5", "md5": "3" * 32, "size": 10}]},
-        "augment": {"cmd": "imgclust augment", "outs": [
-            {"path": "data/augmented", "hash": "md5", "md5": "4" * 32 + ".dir", "size": 10, "nfiles": 3}]},
-        "featurize": {"cmd": "imgclust featurize", "outs": [
-            {"path": "data/features", "hash": "md5", "md5": "5" * 32 + ".dir", "size": 10, "nfiles": 3}]},
-        "train": {"cmd": "imgclust train", "outs": [
-            {"path": "models/model.joblib", "hash": "md5", "md5": "6" * 32, "size": 10}]},
-        "evaluate": {"cmd": "imgclust evaluate", "outs": [
-            {"path": "evaluation/predictions.csv", "hash": "md5", "md5": "7" * 32, "size": 10}]},
-    },
-}
-LOCK_TAGS = {
-    "data.ingest.data/manifests/raw.csv": "1" * 32,
-    "data.ingest.data/raw": "2" * 32 + ".dir",
-    "data.ingest.reports/ingest.json": "3" * 32,
-    "data.augment.data/augmented": "4" * 32 + ".dir",
-    "data.featurize.data/features": "5" * 32 + ".dir",
-}
-
-
-@pytest.fixture
-def isolated_mlflow(monkeypatch):
-    """No tracking URI or DVC variable from outside, and MLflow's global tracking URI (which
-    set_tracking_uri also exports as MLFLOW_TRACKING_URI) restored after the test."""
-    from mlflow.tracking._tracking_service import utils
-
-    monkeypatch.setattr(utils, "_tracking_uri", utils._tracking_uri)
-    for name in ENV_VARS:
-        monkeypatch.setenv(name, "placeholder")  # recorded, so teardown restores the original state
-        monkeypatch.delenv(name)
-    return monkeypatch
-
-
 # ---------------------------------------------------------------- project_root, local_store, configure
 
 
@@ -176,10 +132,11 @@ def test_get_or_create_experiment_tolerates_a_concurrent_creator(isolated_mlflow
 # ---------------------------------------------------------------- tags
 
 
-def test_dvc_lock_hashes_only_data_stages(tmp_path):
+def test_dvc_lock_hashes_only_data_stages(tmp_path, fake_dvc_lock):
+    fake_lock, fake_tags = fake_dvc_lock
     lock = tmp_path / "dvc.lock"
-    lock.write_text(yaml.safe_dump(LOCK, sort_keys=False))
-    assert runs.dvc_lock_hashes(lock) == LOCK_TAGS
+    lock.write_text(yaml.safe_dump(fake_lock, sort_keys=False))
+    assert runs.dvc_lock_hashes(lock) == fake_tags
 
 
 def test_dvc_lock_hashes_real_lock_file_format(tmp_path):
