@@ -20,13 +20,18 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from imgclust.core.backbones import BACKBONES, POOLINGS
 from imgclust.core.clustering import SVD_SOLVERS
 from imgclust.core.feature_store import METHODS
-from imgclust.core.images import COLOR_MODES, OPS, RESAMPLE_FILTERS
+from imgclust.core.images import COLOR_MODES, MAX_IMAGE_SIDE, OPS, RESAMPLE_FILTERS
 from imgclust.core.phantoms import MIN_IMAGES
 from imgclust.core.protocols import PROTOCOLS
 from imgclust.errors import ParamError, did_you_mean
 
 PARAMS_FILE = Path("params.yaml")
 SHA256_PATTERN = r"^([0-9a-fA-F]{64})?$"
+# what the stages from ingest on write (dvc.yaml's outs, by folder): data.source may be none of these,
+# inside none and hold none (DVC: "defined as both a dependency and an output", or a cycle).
+# synthesize's output, data/synthetic, is the default source.
+PIPELINE_OUTPUTS = ("data/raw", "data/manifests", "data/stripped", "data/resized", "data/augmented",
+                    "data/features", "models", "evaluation", "reports")
 
 
 def _one_of(*choices: str):
@@ -94,15 +99,20 @@ class SynthesizeParams(_Section):
 
 class IngestParams(_Section):
     skip_corrupt: bool
+    max_archive_bytes: PositiveInt                                # what an archive source may unpack to
+    max_compression_ratio: Annotated[float, Field(ge=1, le=1e6)]  # unpacked size / archive size
 
 
 class StripMasksParams(_Section):
     patterns: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
 
 
+ImageSide = Annotated[int, Field(ge=1, le=MAX_IMAGE_SIDE)]
+
+
 class ResizeParams(_Section):
-    width: PositiveInt
-    height: PositiveInt
+    width: ImageSide
+    height: ImageSide
     mode: _one_of(*COLOR_MODES)
     resample: _one_of(*RESAMPLE_FILTERS)
 
@@ -254,10 +264,49 @@ class ParamsView:
         raise UndeclaredParamError(f"{dotted} is not among the declared parameters {', '.join(self._keys)}.")
 
 
+def _is_url(source: str) -> bool:
+    return urlsplit(source).scheme.lower() in ("http", "https")
+
+
+def check_source(data: DataParams, project: Path = Path("."), origin: str = str(PARAMS_FILE),
+                 must_exist: bool = True) -> None:
+    """Refuse a local ``data.source`` that overlaps what the pipeline writes (``/``, ``.``, the
+    project folder, data/raw, ...: DVC would call it both a dependency and an output) and, with
+    ``must_exist``, one that does not exist; the message names data.source."""
+    source = data.source
+    if _is_url(source):
+        return
+    project = Path(project).resolve()
+    resolved = (project / Path(source).expanduser()).resolve()
+    for out in PIPELINE_OUTPUTS:
+        written = (project / out).resolve()
+        if resolved == written or written in resolved.parents:
+            where = f"inside {out}/" if resolved != written else out
+        elif resolved in written.parents:
+            where = "the project folder" if resolved == project else \
+                "a folder holding the project" if resolved in project.parents else f"a folder holding {out}/"
+        else:
+            continue
+        raise ParamError(
+            f"{origin}: data.source {source!r} is {where}, which the pipeline writes ({out}): DVC would refuse it "
+            "as both a dependency and an output. Set data.source to a folder of class subfolders (or an "
+            "archive) outside the pipeline's outputs, e.g. ../Dataset_BUSI_with_GT or data/synthetic."
+        )
+    if must_exist and not resolved.exists():
+        raise ParamError(
+            f"{origin}: data.source {source!r} does not exist ({resolved}). Set data.source to a folder of "
+            "class subfolders or a .zip/.tar.gz/.tgz archive (a relative path is read from the project folder)."
+        )
+
+
 def load(keys: tuple[str, ...] | None = None, path: Path = PARAMS_FILE) -> PipelineParams:
     """Read and validate ``path`` (the project's params.yaml, whole); with ``keys`` (a stage's
-    PARAMS), return a view that reads those keys only."""
+    PARAMS), return a view that reads those keys only.
+
+    ``data.source`` is checked against the pipeline's outputs (always wrong, for every caller);
+    that it exists is ingest's to check (``check_source``), when it reads it."""
     params = validate(read(path), origin=str(path))
+    check_source(params.data, Path(path).parent, origin=str(path), must_exist=False)
     return params if keys is None else ParamsView(params, tuple(keys))
 
 

@@ -63,3 +63,7 @@ class UnsafeArchiveError(SourceError):
 
 class TrackingError(ImgclustError):
     """The MLflow tracking store or registry refused or could not be reached."""
+
+
+class OutputWriteError(ImgclustError):
+    """An output file could not be written: the disk (or quota) is full, or the write failed."""

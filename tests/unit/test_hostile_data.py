@@ -563,8 +563,6 @@ def test_archive_limits_are_bounded_parameters_with_safe_defaults(tmp_path):
             config.load(("ingest",), path=tmp_path / "params.yaml")
 
 
-@pytest.mark.xfail(strict=True, reason="ingest.run does not pass ingest.max_archive_bytes/max_compression_ratio "
-                   "to source_folder yet (stages/ingest.py; see the report); remove this mark once it does")
 def test_ingest_reads_the_archive_limits_from_params_yaml(tmp_path, private_tmp):
     archive = _zip(_source(tmp_path / "dataset"), tmp_path / "dataset.zip")
     project = _project(tmp_path / "project", data__source=str(archive), ingest__max_archive_bytes=100)

@@ -2,14 +2,19 @@
 
 The checksum is verified before a single member is extracted, and every member name and link is
 checked before anything is written: an archive that would write outside its target folder
-(absolute names, ``..``, links leading out) is refused as a whole, naming the member.
+(absolute names, ``..``, links leading out), that holds a file and a folder of one name, an encrypted
+member or one compressed by a method Python cannot read is refused as a whole, naming the member.
+So is an archive whose members add up to more than ``max_bytes`` or to more than ``max_ratio``
+times its own size (a zip bomb), and one that would not fit in the free space of the temporary folder.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import posixpath
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -17,14 +22,28 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from urllib.parse import urlsplit
 
-from imgclust.errors import ChecksumError, ParamError, SourceError, UnsafeArchiveError
-from imgclust.core.fsutil import sha256_file
+from imgclust.core.fsutil import disk_full, sha256_file
+from imgclust.errors import ChecksumError, OutputWriteError, ParamError, SourceError, UnsafeArchiveError
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
 URL_SCHEMES = ("http", "https")
 # folders that archivers add beside the data (macOS resource forks); never a class
 ARCHIVER_JUNK = ("__MACOSX",)
 DOWNLOAD_TIMEOUT_S = 60
+# the defaults of ingest.max_archive_bytes and ingest.max_compression_ratio (params.yaml): BUSI
+# (780 images) unpacks to about 0.2 GiB, and image files hardly compress (PNG/JPEG: ratio ~1)
+MAX_ARCHIVE_BYTES = 8 * 1024**3
+MAX_COMPRESSION_RATIO = 100
+# zip compression methods zipfile can read: stored, deflated, bzip2, lzma
+ZIP_METHODS = {0: "stored", 8: "deflated", 12: "bzip2", 14: "lzma"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much an archive may unpack to: ``max_bytes`` in all, ``max_ratio`` times its own size."""
+
+    max_bytes: int = MAX_ARCHIVE_BYTES
+    max_ratio: float = MAX_COMPRESSION_RATIO
 
 
 def is_url(source: str) -> bool:
@@ -108,9 +127,71 @@ def _refuse(archive: str, member: str, reason: str) -> UnsafeArchiveError:
                               "Rebuild the archive with relative paths inside one folder.")
 
 
-def _extract_zip(archive: Path, target: Path, label: str) -> None:
+def _norm(name: str) -> str:
+    return posixpath.normpath(name.replace("\\", "/")).lstrip("/")
+
+
+class _Tally:
+    """The members about to be extracted: file and folder names that clash, and the bytes they add
+    up to against the limits (checked as members are listed, so a bomb is refused early)."""
+
+    def __init__(self, label: str, archive: Path, limits: Limits):
+        self.label, self.limits = label, limits
+        self.archive_bytes = max(archive.stat().st_size, 1)
+        self.total = 0
+        self.files: dict[str, str] = {}    # normalised path -> member name, for files and links
+        self.folders: dict[str, str] = {}  # normalised path -> member name that makes it a folder
+
+    def add(self, name: str, size: int, is_dir: bool) -> None:
+        path = _norm(name)
+        if path in ("", "."):
+            return
+        parents = [posixpath.dirname(path)]
+        while parents[-1] not in ("", "."):
+            parents.append(posixpath.dirname(parents[-1]))
+        for parent in parents[:-1]:
+            if parent in self.files:
+                raise _refuse(self.label, name, f"{self.files[parent]!r} is a file, but {name!r} makes it a folder")
+            self.folders.setdefault(parent, name)
+        if is_dir:
+            if path in self.files:
+                raise _refuse(self.label, name, f"a file and a folder are both named {path!r}")
+            self.folders.setdefault(path, name)
+            return
+        if path in self.folders:
+            raise _refuse(self.label, name, f"a file and a folder are both named {path!r}")
+        if path in self.files:
+            raise _refuse(self.label, name, f"the archive holds two members named {path!r}; one would "
+                                            "silently replace the other")
+        self.files[path] = name
+        self.total += max(int(size), 0)
+        self.check()
+
+    def check(self) -> None:
+        limits, total = self.limits, self.total
+        if total > limits.max_bytes:
+            raise UnsafeArchiveError(
+                f"{self.label}: unpacks to more than {limits.max_bytes} bytes (ingest.max_archive_bytes); "
+                "nothing was extracted. Raise ingest.max_archive_bytes if you trust this archive, or "
+                "unpack it yourself and set data.source to the folder.")
+        if total > limits.max_ratio * self.archive_bytes:
+            raise UnsafeArchiveError(
+                f"{self.label}: unpacks to more than {limits.max_ratio:g} times its size of "
+                f"{self.archive_bytes} bytes (ingest.max_compression_ratio), as a zip bomb does; nothing "
+                "was extracted. Raise ingest.max_compression_ratio if you trust this archive.")
+
+    def check_free_space(self, target: Path) -> None:
+        free = shutil.disk_usage(target).free
+        if self.total > free:
+            raise OutputWriteError(
+                f"{self.label}: unpacks to {self.total} bytes, but {target} has only {free} bytes free; "
+                "nothing was extracted. Free space there, or point TMPDIR at a larger disk.")
+
+
+def _extract_zip(archive: Path, target: Path, label: str, limits: Limits) -> None:
     import zipfile
 
+    tally = _Tally(label, archive, limits)
     with zipfile.ZipFile(archive) as zf:
         members = []
         for info in zf.infolist():
@@ -118,22 +199,45 @@ def _extract_zip(archive: Path, target: Path, label: str) -> None:
                 raise _refuse(label, info.filename, reason)
             if _is_junk(info.filename):
                 continue
+            if info.flag_bits & 0x1:
+                raise SourceError(f"{label}: member {info.filename!r} is encrypted; imgclust does not take "
+                                  "passwords. Unpack the archive yourself and set data.source to the folder, "
+                                  "or rebuild it without encryption. Nothing was extracted.")
+            if info.compress_type not in ZIP_METHODS or not _method_available(info.compress_type):
+                raise SourceError(f"{label}: member {info.filename!r} is compressed with method "
+                                  f"{info.compress_type}, which cannot be read here (readable: "
+                                  f"{', '.join(ZIP_METHODS.values())}). Rebuild the archive with deflate "
+                                  "(zip's default). Nothing was extracted.")
             if stat.S_ISLNK(info.external_attr >> 16):
                 # zipfile would write a link as a small file holding its target: never extract it
                 link = zf.read(info).decode("utf-8", "replace")
                 if _link_leaves(posixpath.dirname(info.filename), link):
                     raise _refuse(label, info.filename, f"symlink to {link!r} leaves the extraction folder")
                 continue
+            tally.add(info.filename, info.file_size, info.is_dir())
             members.append(info)
+        tally.check_free_space(target)
         zf.extractall(target, members)
 
 
-def _extract_tar(archive: Path, target: Path, label: str) -> None:
+def _method_available(method: int) -> bool:
+    try:
+        if method == 12:
+            import bz2  # noqa: F401
+        elif method == 14:
+            import lzma  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _extract_tar(archive: Path, target: Path, label: str, limits: Limits) -> None:
     import tarfile
 
+    tally = _Tally(label, archive, limits)
     with tarfile.open(archive, "r:*") as tar:
         members = []
-        for member in tar.getmembers():
+        for member in tar:  # one at a time: a bomb is refused before the rest is inflated
             if (reason := _unsafe_name(member.name)) is not None:
                 raise _refuse(label, member.name, reason)
             if _is_junk(member.name):
@@ -144,7 +248,9 @@ def _extract_tar(archive: Path, target: Path, label: str) -> None:
                 raise _refuse(label, member.name, f"hard link to {member.linkname!r} leaves the extraction folder")
             if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
                 raise _refuse(label, member.name, "not a regular file, folder or link")
+            tally.add(member.name, member.size if member.isfile() else 0, member.isdir())
             members.append(member)
+        tally.check_free_space(target)
         # the 'data' filter (Python >= 3.11.4) re-checks all of the above, and drops modes and owners
         extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
         try:
@@ -153,9 +259,10 @@ def _extract_tar(archive: Path, target: Path, label: str) -> None:
             raise _refuse(label, exc.tarinfo.name, str(exc)) from exc
 
 
-def extract_archive(archive: Path, target: Path, label: str | None = None) -> Path:
-    """Extract a .zip/.tar.gz/.tgz into ``target`` after checking every member; return the dataset
-    root: ``target``, or its one top-level folder when the archive wraps everything in one."""
+def extract_archive(archive: Path, target: Path, label: str | None = None, limits: Limits = Limits()) -> Path:
+    """Extract a .zip/.tar.gz/.tgz into ``target`` after checking every member and the ``limits``;
+    return the dataset root: ``target``, or its one top-level folder when the archive wraps
+    everything in one."""
     import tarfile
     import zipfile
     import zlib
@@ -165,11 +272,19 @@ def extract_archive(archive: Path, target: Path, label: str | None = None) -> Pa
     target.mkdir(parents=True, exist_ok=True)
     try:
         if archive.name.lower().endswith(".zip"):
-            _extract_zip(archive, target, label)
+            _extract_zip(archive, target, label, limits)
         else:
-            _extract_tar(archive, target, label)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as exc:
+            _extract_tar(archive, target, label, limits)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, NotImplementedError) as exc:
         raise SourceError(f"{label}: not a readable archive ({exc}).") from exc
+    except OSError as exc:
+        if disk_full(exc):
+            raise OutputWriteError(f"{label}: the disk filled up while extracting into {target} ({exc.strerror}); "
+                                   "nothing was kept. Free space there, or point TMPDIR at a larger disk.") from exc
+        if exc.errno == errno.ENAMETOOLONG:
+            raise SourceError(f"{label}: a member's name is too long for this file system ({exc.filename}); "
+                              "rename it in the archive. Nothing was kept.") from exc
+        raise SourceError(f"{label}: cannot be extracted into {target} ({exc}). Nothing was kept.") from exc
     entries = [p for p in target.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
         return entries[0]
@@ -183,12 +298,13 @@ class ResolvedSource:
 
 
 @contextlib.contextmanager
-def source_folder(source: str | Path, sha256: str = "") -> Iterator[ResolvedSource]:
+def source_folder(source: str | Path, sha256: str = "", limits: Limits = Limits()) -> Iterator[ResolvedSource]:
     """Resolve ``source`` to a folder of class subfolders.
 
     A folder is used as is. A local archive is verified against ``sha256`` when one is given, a
-    URL is downloaded and always verified; either is then extracted into a temporary folder that
-    is removed on leaving the block.
+    URL is downloaded and always verified; either is then extracted (within ``limits``: pass
+    ``Limits(params.ingest.max_archive_bytes, params.ingest.max_compression_ratio)``) into a
+    temporary folder that is removed on leaving the block.
     """
     text = str(source)
     if not is_archive(text):
@@ -208,4 +324,4 @@ def source_folder(source: str | Path, sha256: str = "") -> Iterator[ResolvedSour
             if not archive.is_file():
                 raise SourceError(f"{archive}: archive not found. Set data.source to an existing archive or folder.")
             actual = verify_sha256(archive, sha256)
-        yield ResolvedSource(extract_archive(archive, Path(workdir) / "extracted", label=text), actual)
+        yield ResolvedSource(extract_archive(archive, Path(workdir) / "extracted", label=text, limits=limits), actual)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -12,6 +13,39 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
+# the longest file name (bytes) most file systems allow (ext4, xfs, btrfs, tmpfs, APFS, NTFS)
+NAME_MAX = 255
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk (or the quota) is full."""
+    return isinstance(exc, OSError) and exc.errno in _DISK_FULL
+
+
+def write_error(exc: BaseException, where: Path):
+    """The OutputWriteError telling what ``exc`` (an OSError raised while writing ``where``) means,
+    or None when it is not a full disk or a too-long file name."""
+    from imgclust.errors import OutputWriteError
+
+    if not isinstance(exc, OSError):
+        return None
+    name = exc.filename or where
+    if disk_full(exc):
+        return OutputWriteError(f"{name}: {exc.strerror or exc}: the disk (or quota) is full while writing "
+                                f"{where}; nothing was kept. Free space and rerun.")
+    if exc.errno == errno.ENAMETOOLONG:
+        return OutputWriteError(f"{name}: file name too long for the file system (at most {NAME_MAX} bytes per "
+                                f"name) while writing {where}; nothing was kept. Rename the source file.")
+    return None
+
+
+def long_names(rel_paths: Iterable[str], extra: int = 0) -> list[str]:
+    """The relative paths among ``rel_paths`` with a component longer than NAME_MAX - ``extra``
+    bytes (UTF-8): the longest a name may be when a stage adds ``extra`` bytes to it."""
+    limit = NAME_MAX - extra
+    return [rel for rel in rel_paths if any(len(part.encode("utf-8", "surrogateescape")) > limit
+                                            for part in Path(rel).parts)]
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -72,8 +106,10 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if (error := write_error(exc, path)) is not None:
+            raise error from exc
         raise
     _remove(path)
     os.replace(tmp, path)
@@ -89,8 +125,10 @@ def atomic_file(path: Path) -> Iterator[Path]:
     _remove(tmp)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         _remove(tmp)
+        if (error := write_error(exc, path)) is not None:
+            raise error from exc
         raise
     os.replace(tmp, path)
 
@@ -157,4 +195,7 @@ def class_folders(root: Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise InputDataError(f"{root}: folder not found; run the stage that writes it (dvc repro).")
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    try:
+        return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+    except OSError as exc:
+        raise InputDataError(f"{root}: cannot be listed ({exc.strerror or exc}); check its permissions.") from exc

@@ -4,12 +4,14 @@ augmentation ops: the symmetries of the square used to balance classes."""
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from imgclust.errors import CorruptImageError, OutputCollisionError, ParamError
+from imgclust.errors import CorruptImageError, OutputCollisionError, OutputWriteError, ParamError
 
 RESAMPLE_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -20,6 +22,9 @@ RESAMPLE_FILTERS = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 COLOR_MODES = {"gray": "L", "rgb": "RGB"}
+# the largest width or height the stages resize to (resize.width/height): 4096 x 4096 RGB is 48 MiB
+# an image, already far beyond what the features or the clustering can use
+MAX_IMAGE_SIDE = 4096
 
 
 # zlib level of the PNGs the stages write: on speckled 190x190 gray images, level 1 encodes 20 %
@@ -35,6 +40,13 @@ def save_new_png(array: np.ndarray, path: Path) -> None:
             Image.fromarray(array).save(fh, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     except FileExistsError:
         raise OutputCollisionError(f"{path}: already exists; two outputs share this name.") from None
+    except OSError as exc:
+        from imgclust.core.fsutil import write_error
+
+        error = write_error(exc, path)
+        if error is None:
+            raise OutputWriteError(f"{path}: cannot be written ({exc.strerror or exc}).") from exc
+        raise error from exc
 
 
 def resample_filter(name: str) -> Image.Resampling:
@@ -84,6 +96,60 @@ def convert(image: Image.Image, color_mode: str) -> Image.Image:
     return image
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_row_bytes(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> int:
+    """How many bytes the inflated image data of a PNG must hold: a filter byte and the pixels of
+    every row (of every Adam7 pass, for an interlaced image)."""
+    def rows(w: int, h: int) -> int:
+        return h * (1 + (w * bits_per_pixel + 7) // 8) if w and h else 0
+
+    if not interlaced:
+        return rows(width, height)
+    return sum(rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0)
+               for x0, y0, dx, dy in _ADAM7)
+
+
+def check_png_rows(data: bytes) -> None:
+    """Raise OSError unless the image data (IDAT) of the PNG ``data`` inflates to every row.
+
+    Pillow's decoder stops where the zlib stream ends, even when that is before the last row, and
+    leaves the missing rows black without a word (LOAD_TRUNCATED_IMAGES or not): a file whose
+    complete, CRC-valid stream holds only some rows would be accepted. The stream is inflated here
+    in bounded pieces (never held whole) and its length compared with what the header promises.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return
+    pos, header, inflater, produced, ended = len(PNG_SIGNATURE), None, zlib.decompressobj(), 0, False
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR" and len(body) >= 13:
+            width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
+            header = (width, height, depth * _PNG_CHANNELS.get(colour, 1), interlace == 1)
+        elif kind == b"IDAT" and not ended:
+            try:
+                piece = inflater.decompress(body, 1 << 20)
+                while piece:
+                    produced += len(piece)
+                    piece = inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+            except zlib.error as exc:
+                raise OSError(f"broken image data ({exc})") from exc
+            ended = inflater.eof
+        elif kind == b"IEND":
+            break
+    if header is None:
+        raise OSError("no IHDR chunk")
+    expected = _png_row_bytes(*header)
+    if produced < expected:
+        raise OSError(f"image data stops early: {produced} of {expected} bytes "
+                      f"({'the zlib stream ends' if ended else 'truncated'}); the missing rows would come out black")
+
+
 def open_image(path: Path, color_mode: str | None = None,
                draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Fully decode ``path`` with EXIF orientation applied; raise CorruptImageError naming it.
@@ -91,7 +157,8 @@ def open_image(path: Path, color_mode: str | None = None,
     With ``draft_size``, a JPEG is decoded by DCT scaling straight to the smallest power-of-two
     reduction still at least twice that size (either orientation), much faster than a full
     decode and indistinguishable after the final downscale. Pillow's decompression-bomb limit
-    stays in force: a bomb is reported like a corrupt file.
+    stays in force: a bomb is reported like a corrupt file. A PNG whose image data stops before
+    its last row is refused (see ``check_png_rows``).
     """
     try:
         with Image.open(path) as image:
@@ -99,6 +166,8 @@ def open_image(path: Path, color_mode: str | None = None,
                 side = 2 * max(draft_size)
                 image.draft(image.mode, (side, side))
             image.load()
+            if image.format == "PNG":
+                check_png_rows(Path(path).read_bytes())
             image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(f"{path}: cannot decode image ({exc})", [str(path)]) from exc
@@ -113,7 +182,8 @@ def check_image(path: Path, data: bytes) -> tuple[int, int, str]:
     mode) as ``open_image`` shows it (EXIF orientation applied). Raise CorruptImageError naming ``path``.
 
     Cheaper than decoding for the common formats, which is why ingest uses it: a PNG's every chunk
-    is checked against its CRC (a truncated or altered file fails; pixels are not inflated), a JPEG
+    is checked against its CRC (a truncated or altered file fails) and its image data inflated (not
+    unfiltered) to check that it holds every row, a JPEG
     is decoded at its smallest DCT scale (the whole entropy-coded stream is still read), any other
     format is decoded in full. Pillow's decompression-bomb limit applies as in ``open_image``.
     """
@@ -128,6 +198,7 @@ def check_image(path: Path, data: bytes) -> tuple[int, int, str]:
                     image.verify()
                 except (OSError, EOFError) as exc:
                     raise OSError(f"truncated PNG file ({exc})") from exc
+                check_png_rows(data)
             elif image.format == "JPEG":
                 exif = image.getexif()  # from its APP1 segment, read at open
                 image.draft(image.mode, (1, 1))
@@ -164,6 +235,9 @@ OPS = {
     "transverse": lambda a: np.swapaxes(a[::-1, ::-1], 0, 1),
 }
 SHAPE_CHANGING_OPS = frozenset({"rot90", "rot270", "transpose", "transverse"})
+# bytes an augmented copy's name may add to its source's: "__", the longest op, "~NNN" (see
+# protocols._copy_name); resize keeps room for them so that augment never meets a too-long name
+COPY_NAME_RESERVE = 2 + max(len(op) for op in OPS) + 4
 
 
 def apply_op(array: np.ndarray, op: str) -> np.ndarray:

@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from tqdm import tqdm
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Pool initializer: have the kernel SIGKILL this worker when its parent dies (Linux; no-op
+    elsewhere), so a stage killed outright (OOM killer, kill -9) leaves no worker behind under PID 1.
+
+    Should the parent already be gone before this ran (the signal is only sent on a later death),
+    the worker exits at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no prctl (another libc): workers outlive a killed parent, as before
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _pool(workers: int, mp_context=None) -> ProcessPoolExecutor:
+    # workers are started from the calling (main) thread: PDEATHSIG follows that thread's exit
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, initializer=die_with_parent,
+                               initargs=(os.getpid(),))
 
 
 def default_workers() -> int:
@@ -26,7 +55,7 @@ def pmap(func: Callable, items: Sequence, *, desc: str, workers: int | None = No
     if workers <= 1 or len(items) < 32:
         return [func(item) for item in tqdm(items, **bar)]
     chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with _pool(workers) as pool:
         return list(tqdm(pool.map(func, items, chunksize=chunksize), **bar))
 
 
@@ -38,7 +67,7 @@ def imap(func: Callable, items: Sequence, *, workers: int | None = None, window:
         yield from map(func, items)
         return
     # spawn, not fork: the caller may already run TensorFlow threads, which a fork must not copy
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _pool(workers, multiprocessing.get_context("spawn")) as pool:
         pending: deque = deque()
         try:
             for item in items:

@@ -3,11 +3,14 @@
 matplotlib is imported lazily and switched to the non-interactive Agg backend inside each
 function, so importing this module costs nothing and never opens a window. Every function
 creates the parent folder of ``path``, writes one PNG there and closes its figure. Output is
-deterministic for given inputs (no randomness, fixed dpi, fixed layout rules).
+deterministic for given inputs (no randomness, fixed dpi, fixed layout rules). Every text (class
+names, captions, titles) is drawn as plain text: neither TeX nor mathtext parses it, so a class
+folder named ``$\\bad$ lesion`` is shown as it is spelled instead of failing the plot.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +31,20 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _plain_text(func):
+    """Run ``func`` (which creates, draws and saves its figure) with every text plain: no mathtext
+    for ``$...$`` and no TeX, whatever the user's matplotlibrc says."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return func(*args, **kwargs)
+
+    return wrapper
 
 
 def _save(fig, path: Path) -> None:
@@ -54,6 +71,7 @@ def _palette(n: int) -> list:
     return [cmap(i / (n - 1)) for i in range(n)]
 
 
+@_plain_text
 def plot_contingency(
     clusters,
     labels: Sequence[str],
@@ -91,6 +109,7 @@ def plot_contingency(
     _save(fig, path)
 
 
+@_plain_text
 def plot_scatter(
     embedding_2d: np.ndarray,
     clusters,
@@ -150,6 +169,7 @@ def _prepare_image(img) -> np.ndarray:
     return a
 
 
+@_plain_text
 def plot_thumbnails(
     images_by_cluster: dict[int, list[np.ndarray]],
     path: Path,
@@ -214,6 +234,7 @@ def _floats(values, name: str, n: int) -> np.ndarray:
     return np.asarray(vals, dtype=float)
 
 
+@_plain_text
 def plot_k_scan(
     ks: Sequence[int],
     inertia: Sequence[float],

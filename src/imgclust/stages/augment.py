@@ -11,10 +11,19 @@ import numpy as np
 import typer
 
 from imgclust import config
-from imgclust.core.fsutil import atomic_dir, link_or_copy, read_image_listing, write_csv, write_json
+from imgclust.core.fsutil import (
+    NAME_MAX,
+    atomic_dir,
+    link_or_copy,
+    long_names,
+    read_image_listing,
+    write_csv,
+    write_json,
+)
 from imgclust.core.images import apply_op, check_ops, open_image, save_new_png
 from imgclust.core.parallel import pmap
 from imgclust.core.protocols import AUGMENTED_FIELDS, check_protocol, parse_tutorial_ops, plan_honest, plan_tutorial
+from imgclust.errors import InputDataError
 
 # the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
 PARAMS = ("protocol", "augment", "split")
@@ -52,6 +61,14 @@ def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *
         for cls_ops in class_ops.values():
             check_ops(cls_ops, square)
         plan = plan_tutorial([(r["path"], r["class"]) for r in split], class_ops, test_size, split_seed)
+    too_long = [row for row in plan if long_names([row["path"]])]
+    if too_long:
+        row = too_long[0]
+        raise InputDataError(
+            f"{len(too_long)} planned file name(s) are longer than the {NAME_MAX} bytes the file system allows, "
+            f"e.g. {row['path']!r} (from {in_dir / row['source']}); rename the source image(s) to a shorter "
+            "name and rerun the pipeline."
+        )
     with atomic_dir(out_dir) as tmp:
         by_source: dict[str, list[dict]] = defaultdict(list)
         for item in plan:

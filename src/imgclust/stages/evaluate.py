@@ -11,7 +11,7 @@ import typer
 
 from imgclust import config
 from imgclust.core import plots
-from imgclust.core.clustering import evaluate_model
+from imgclust.core.clustering import evaluate_model, one_thread
 from imgclust.core.extractors import ImageLoader, image_pipeline, make_extractor
 from imgclust.core.feature_store import load_features
 from imgclust.core.fsutil import write_csv, write_json
@@ -24,6 +24,33 @@ PARAMS = ("evaluate", "mlflow", "resize.resample")
 
 PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
 LOCK_FILE = Path("dvc.lock")
+# MLflow tag of a run whose metrics are undefined or trivial (one class, one cluster): its warnings
+METRIC_WARNINGS_TAG = "imgclust.metric_warnings"
+MLFLOW_TAG_MAX = 5000  # characters MLflow keeps of a tag value
+
+
+def metric_warnings(result: dict) -> list[str]:
+    """What makes a split's metrics undefined or trivial: a single class (every external score then
+    compares against one label: ARI is 1.0 for one cluster and 0.0 for more, whatever the images),
+    a single cluster (nothing is separated; silhouette is undefined), or a metric that is NaN."""
+    found = []
+    for split, values in result["metrics"].items():
+        rows = result["splits"] == split
+        classes = sorted(set(result["labels"][rows].tolist()))
+        n = values["n_samples"]
+        if len(classes) < 2:
+            found.append(f"{split}: all {n} images are of one class ({classes[0]!r}): ARI, NMI, AMI and accuracy "
+                         f"are trivial (ARI {values['ari']:.4f}) and say nothing about the clustering; "
+                         "add images of the other classes")
+        if values["n_clusters_found"] < 2:
+            found.append(f"{split}: all {n} images fall in one cluster: the clustering separates nothing and "
+                         "silhouette is undefined")
+        undefined = [k for k, v in values.items() if isinstance(v, float) and v != v
+                     and not (k == "silhouette" and values["n_clusters_found"] < 2)]
+        if undefined:
+            found.append(f"{split}: {', '.join(undefined)} undefined (NaN; written as null)"
+                         + (": every image is its own cluster" if values["n_clusters_found"] >= n else ""))
+    return found
 
 
 def cluster_classes(result: dict) -> dict[str, str]:
@@ -59,27 +86,30 @@ def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, 
     features, index, meta = load_features(features_dir)
     result = evaluate_model(pipeline, features, index)
     metrics = result["metrics"]
-    # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
-    write_json(metrics_path, {split: {k: (None if v != v else v) for k, v in values.items()}
-                              for split, values in metrics.items()})
+    warnings = metric_warnings(result)
     clusters = result["clusters"]
-    write_csv(predictions_path, ({"file": r["file"], "class": r["class"], "split": r["split"], "op": r["op"],
-                                  "cluster": int(c)} for r, c in zip(index, clusters)), PREDICTION_FIELDS)
-
+    # plots first: should one fail, metrics.json and predictions.csv still hold the last good run's
     test_rows = result["splits"] == "test"
     shown = test_rows if test_rows.any() else np.ones(len(index), bool)
     plots.plot_contingency(clusters[shown], result["labels"][shown], plots_dir / "contingency.png",
                            title=f"Clusters x classes ({'test' if test_rows.any() else 'all'} images)")
-    plots.plot_scatter(plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps), clusters,
+    with one_thread():  # a PCA(2) of the features when the model has none: thread-count independent too
+        coordinates = plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps)
+    plots.plot_scatter(coordinates, clusters,
                        result["labels"], plots_dir / "scatter.png", title="Images in the clustering space")
     thumbs, captions = plots.thumbnails_by_cluster(index, clusters, images, params.evaluate.thumbnails)
     sizes = {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True))}
     plots.plot_thumbnails(thumbs, plots_dir / "thumbnails.png", captions, title="Sample images per cluster",
                           cluster_sizes=sizes)
+    # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
+    write_json(metrics_path, {split: {k: (None if v != v else v) for k, v in values.items()}
+                              for split, values in metrics.items()})
+    write_csv(predictions_path, ({"file": r["file"], "class": r["class"], "split": r["split"], "op": r["op"],
+                                  "cluster": int(c)} for r, c in zip(index, clusters)), PREDICTION_FIELDS)
     if not mlflow_log:
-        return {"metrics": metrics}
+        return {"metrics": metrics, "warnings": warnings}
 
-    summary = {"features": meta, "reports": {}}
+    summary = {"features": meta, "reports": {}, "metric_warnings": warnings}
     for report in reports:
         if report.is_file():
             summary["reports"][report.stem] = json.loads(report.read_text())
@@ -90,9 +120,12 @@ def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, 
     extractor = make_extractor(meta["method"], meta["extractor"])
     test_index = [i for i, r in enumerate(index) if r["split"] == "test"] or list(range(len(index)))
     weights = meta["extractor"].get("weights")
+    tags = runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE)
+    if warnings:
+        tags[METRIC_WARNINGS_TAG] = "; ".join(warnings)[:MLFLOW_TAG_MAX]
     info = runs.log_run(
         experiment=params.mlflow.experiment_name, params=logged_params(params, LOCK_FILE),
-        metrics=naming.split_metrics(metrics), tags=runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE),
+        metrics=naming.split_metrics(metrics), tags=tags,
         artifacts=[plots_dir, metrics_path, predictions_path], summary=summary,
         cluster_classes=cluster_classes(result), model=pipeline,
         model_input_example=np.asarray(features[test_index[:2]]),
@@ -100,7 +133,7 @@ def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, 
         weights_file=weights if weights and Path(str(weights)).is_file() else None,
     )
     write_json(run_info, info)
-    return {"metrics": metrics, "run": info}
+    return {"metrics": metrics, "warnings": warnings, "run": info}
 
 
 def command(
@@ -119,6 +152,8 @@ def command(
     for split, values in result["metrics"].items():
         typer.echo(f"evaluate {split}: ARI {values['ari']:.4f}  NMI {values['nmi']:.4f}  "
                    f"accuracy {values['cluster_accuracy']:.4f}  (n={values['n_samples']})")
+    for warning in result["warnings"]:
+        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
     if "run" in result:
         info = result["run"]
         typer.echo(f"mlflow: run {info['run_id']} in experiment {info['experiment_id']} at {info['tracking_uri']}")

@@ -4,6 +4,8 @@ data/raw, with a manifest of every file and a report."""
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -14,7 +16,7 @@ import typer
 from PIL import Image
 
 from imgclust import config
-from imgclust.core.archives import source_folder
+from imgclust.core.archives import Limits, source_folder
 from imgclust.core.fsutil import atomic_dir, class_folders, is_image_file, write_csv, write_json
 from imgclust.core.images import check_image
 from imgclust.core.parallel import pmap
@@ -30,6 +32,7 @@ MANIFEST_FIELDS = ("path", "class", "width", "height", "mode", "sha256")
 class IngestReport:
     images: dict[str, int] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    ignored_reasons: dict[str, str] = field(default_factory=dict)  # ignored path -> why
     corrupt: list[dict] = field(default_factory=list)
     duplicates_across_classes: list[dict] = field(default_factory=list)
     source: dict = field(default_factory=dict)
@@ -41,6 +44,7 @@ class IngestReport:
             "n_files": sum(self.images.values()),
             "n_ignored": len(self.ignored),
             "ignored": self.ignored,
+            "ignored_reasons": self.ignored_reasons,
             "n_corrupt_skipped": len(self.corrupt),
             "corrupt_skipped": self.corrupt,
             "n_duplicates_across_classes": len(self.duplicates_across_classes),
@@ -58,10 +62,48 @@ def duplicates_across_classes(rows: list[dict]) -> list[dict]:
             if len({path.split("/", 1)[0] for path in paths}) > 1]
 
 
-def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
-    """Image files per class folder of ``source`` and the non-image files that are ignored.
+# what is not a regular file, by its lstat mode; such an entry is never opened (a FIFO would block
+# the reader forever, a device may act on being opened)
+_FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
+               (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+LINK_REASON = "symbolic link, not followed"
+NOT_IMAGE_REASON = "not an image file (by its suffix)"
+HIDDEN_REASON = "hidden file"
+OUTSIDE_CLASSES_REASON = "not in a class folder"
+NOT_REGULAR = "not a regular file: not opened"
 
-    Symlinks are not followed, so nothing outside ``source`` is read through one.
+
+def file_kind(mode: int) -> str:
+    """``regular file`` or what else an ``lstat`` mode says the entry is (FIFO, socket, ...)."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+
+
+def not_regular_reason(kind: str) -> str:
+    return f"{kind}, {NOT_REGULAR}"
+
+
+def _entry_reason(path: Path) -> str | None:
+    """Why a non-folder entry of a class folder is ignored, or None for an image file to read.
+    Decided on ``lstat`` alone: nothing is opened here."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror or exc})"
+    if stat.S_ISLNK(mode):
+        return LINK_REASON
+    if not stat.S_ISREG(mode):
+        return not_regular_reason(file_kind(mode))
+    if is_image_file(path):
+        return None
+    return HIDDEN_REASON if path.name.startswith(".") else NOT_IMAGE_REASON
+
+
+def survey_source(source: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """Image files per class folder of ``source``, and each ignored entry (relative path) with the
+    reason it is ignored: not an image, a symbolic link (never followed, so nothing outside
+    ``source`` is read through one), or not a regular file (a FIFO, socket or device: never opened).
     """
     source = Path(source)
     if not source.exists():
@@ -73,7 +115,15 @@ def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
         raise SourceError(f"{source}: not a folder. data.source must name a folder of class subfolders.")
     classes = class_folders(source)
     # files beside the class folders (README, LICENSE, a stray image) and links are not data
-    ignored: list[str] = sorted(p.name for p in source.iterdir() if p.is_symlink() or not p.is_dir())
+    ignored: dict[str, str] = {}
+    for entry in sorted(source.iterdir()):
+        mode = os.lstat(entry).st_mode
+        if stat.S_ISLNK(mode):
+            ignored[entry.name] = LINK_REASON
+        elif stat.S_ISREG(mode):
+            ignored[entry.name] = OUTSIDE_CLASSES_REASON
+        elif not stat.S_ISDIR(mode):
+            ignored[entry.name] = not_regular_reason(file_kind(mode))
     if not classes:
         raise SourceError(
             f"{source}: no class subfolders. Put each class's images in its own subfolder, "
@@ -84,11 +134,11 @@ def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
         found = []
         # rglob does not descend into symlinked folders; list those links (and file links) as ignored
         for path in sorted(p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()):
-            rel = path.relative_to(source).as_posix()
-            if path.is_symlink() or not is_image_file(path):
-                ignored.append(rel)
-            else:
+            reason = _entry_reason(path)
+            if reason is None:
                 found.append(path)
+            else:
+                ignored[path.relative_to(source).as_posix()] = reason
         if not found:
             raise EmptyClassError(
                 f"{folder}: class folder holds no image. Add images or remove the folder from the source."
@@ -97,13 +147,38 @@ def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
     return files, ignored
 
 
+def scan_source(source: Path) -> tuple[dict[str, list[Path]], list[str]]:
+    """Image files per class folder of ``source`` and the entries that are ignored (see ``survey_source``).
+
+    Symlinks are not followed, so nothing outside ``source`` is read through one; FIFOs, sockets
+    and devices are never opened.
+    """
+    files, ignored = survey_source(source)
+    return files, list(ignored)
+
+
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path``, which must still be a regular file (not a link, FIFO or device)."""
+    if not stat.S_ISREG(mode := os.lstat(path).st_mode):
+        raise OSError(not_regular_reason(file_kind(mode)))
+    # O_NONBLOCK|O_NOFOLLOW: should the entry have been swapped since, opening it cannot block or follow
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(mode := os.fstat(fh.fileno()).st_mode):
+            raise OSError(f"{file_kind(mode)}, not a regular file: not read")
+        return fh.read()
+
+
 def _snapshot_one(path: Path, source: Path, raw_dir: Path) -> dict:
     """Read ``path`` once: check that it is an intact image, hash it and write it to ``raw_dir``.
 
     Returns its manifest row, or ``{"path", "error"}`` for a file that does not decode (not written).
     """
     rel = path.relative_to(source).as_posix()
-    data = path.read_bytes()
+    try:
+        data = _read_regular_file(path)
+    except OSError as exc:  # replaced or removed since the scan
+        return {"path": rel, "error": f"unreadable: {exc.strerror or exc}"}
     try:
         # Pillow only warns between its pixel limit and twice that; refuse those images too
         with warnings.catch_warnings():
@@ -121,14 +196,15 @@ def _snapshot_one(path: Path, source: Path, raw_dir: Path) -> dict:
 
 
 def ingest(source: Path | str, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool = False,
-           workers: int | None = None, sha256: str = "") -> IngestReport:
+           workers: int | None = None, sha256: str = "", limits: Limits = Limits()) -> IngestReport:
     """Snapshot every intact image of ``source`` into ``raw_dir`` and write its manifest.
 
     ``source`` is a folder of class subfolders, or a .zip/.tar.gz/.tgz of one (a local path or an
     http(s) URL), verified against ``sha256`` before extraction (required for URLs).
-    Corrupt images fail the stage (listing every one) unless ``skip_corrupt``.
+    Corrupt images fail the stage (listing every one) unless ``skip_corrupt``. ``limits`` bound what
+    an archive may unpack to.
     """
-    with source_folder(source, sha256) as resolved:
+    with source_folder(source, sha256, limits) as resolved:
         report = _ingest_folder(resolved.folder, raw_dir, manifest_path, skip_corrupt=skip_corrupt,
                                 workers=workers, label=None if resolved.archive_sha256 is None else str(source))
     report.source = {"source": str(source), "archive_sha256": resolved.archive_sha256}
@@ -138,7 +214,7 @@ def ingest(source: Path | str, raw_dir: Path, manifest_path: Path, *, skip_corru
 def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool,
                    workers: int | None, label: str | None) -> IngestReport:
     """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
-    files, ignored = scan_source(source)
+    files, ignored = survey_source(source)
     all_files = [path for paths in files.values() for path in paths]
     with atomic_dir(raw_dir) as tmp:
         # workers write the snapshot as they validate it; a failure below discards it whole
@@ -154,7 +230,8 @@ def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_cor
                 named,
             )
     rows = [row for row in described if "error" not in row]
-    report = IngestReport(ignored=ignored, corrupt=corrupt, duplicates_across_classes=duplicates_across_classes(rows))
+    report = IngestReport(ignored=list(ignored), ignored_reasons=ignored, corrupt=corrupt,
+                          duplicates_across_classes=duplicates_across_classes(rows))
     for row in rows:
         report.images[row["class"]] = report.images.get(row["class"], 0) + 1
     write_csv(manifest_path, rows, MANIFEST_FIELDS)
@@ -162,7 +239,8 @@ def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_cor
 
 
 def run(out: Path, manifest: Path, report: Path, data: config.DataParams, params: config.IngestParams) -> IngestReport:
-    result = ingest(data.source, out, manifest, skip_corrupt=params.skip_corrupt, sha256=data.sha256)
+    result = ingest(data.source, out, manifest, skip_corrupt=params.skip_corrupt, sha256=data.sha256,
+                    limits=Limits(params.max_archive_bytes, params.max_compression_ratio))
     write_json(report, result.to_dict())
     return result
 
@@ -181,6 +259,9 @@ def command(
         f"{summary['n_ignored']} non-image file(s) ignored, {summary['n_corrupt_skipped']} corrupt skipped, "
         f"{summary['n_duplicates_across_classes']} duplicate(s) across classes"
     )
+    for path, reason in result.ignored_reasons.items():
+        if reason.endswith(NOT_REGULAR):
+            typer.secho(f"warning: {params.data.source}/{path} ignored: {reason}", err=True, fg=typer.colors.YELLOW)
     for group in result.duplicates_across_classes:
         typer.secho(f"warning: identical files in different classes: {', '.join(group['paths'])}",
                     err=True, fg=typer.colors.YELLOW)

@@ -8,10 +8,10 @@ from pathlib import Path
 import typer
 
 from imgclust import config
-from imgclust.core.fsutil import atomic_dir, class_folders, is_image_file
-from imgclust.core.images import load_array, pil_mode, resample_filter, save_new_png
+from imgclust.core.fsutil import NAME_MAX, atomic_dir, class_folders, is_image_file, long_names
+from imgclust.core.images import COPY_NAME_RESERVE, MAX_IMAGE_SIDE, load_array, pil_mode, resample_filter, save_new_png
 from imgclust.core.parallel import pmap
-from imgclust.errors import OutputCollisionError, ParamError
+from imgclust.errors import InputDataError, OutputCollisionError, ParamError
 
 # the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
 PARAMS = ("resize",)
@@ -28,8 +28,9 @@ def resize_images(in_dir: Path, out_dir: Path, width: int, height: int, color_mo
                   workers: int | None = None) -> dict:
     """Decode each image (EXIF orientation, any mode), convert to ``color_mode``, resize to
     ``width`` x ``height`` and save it as PNG under the same relative path in ``out_dir``."""
-    if width < 1 or height < 1:
-        raise ParamError(f"resize.width and resize.height must be >= 1, got {width}x{height}.")
+    if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
+        raise ParamError(f"resize.width and resize.height must be between 1 and {MAX_IMAGE_SIDE}, "
+                         f"got {width}x{height}.")
     pil_mode(color_mode), resample_filter(resample)  # validate before any work
     in_dir = Path(in_dir)
     sources = [p for folder in class_folders(in_dir) for p in sorted(folder.rglob("*"))
@@ -42,6 +43,13 @@ def resize_images(in_dir: Path, out_dir: Path, width: int, height: int, color_mo
                 f"{source} and {targets[rel]} would both be written as {rel}; rename one of them."
             )
         targets[rel] = source
+    too_long = long_names((rel.as_posix() for rel in targets), extra=COPY_NAME_RESERVE)
+    if too_long:
+        raise InputDataError(
+            f"{len(too_long)} file name(s) in {in_dir} are too long, e.g. {too_long[0]!r}: augmented copies add up "
+            f"to {COPY_NAME_RESERVE} bytes to a name, and the file system allows {NAME_MAX}. Rename them to at "
+            f"most {NAME_MAX - COPY_NAME_RESERVE} bytes (with .png) in the source and rerun."
+        )
     counts: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:
         jobs = [(source, tmp / rel) for rel, source in targets.items()]

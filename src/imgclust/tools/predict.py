@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from enum import Enum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 import typer
 
 from imgclust.core.fsutil import is_image_file, write_csv, write_json
 from imgclust.core.images import open_image
-from imgclust.errors import CorruptImageError, InputDataError
+from imgclust.errors import CorruptImageError, InputDataError, ParamError
 from imgclust.tracking import store
 
 OUTPUT_FIELDS = ("path", "cluster", "cluster_class", "error")
+# model URIs resolved against the configured tracking store / registry: loaded without --trust
+STORE_SCHEMES = ("models", "runs")
+_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
 
 
 class Format(str, Enum):
@@ -21,13 +28,17 @@ class Format(str, Enum):
 
 
 def collect_images(inputs: list[Path], exclude: list[str]) -> list[Path]:
-    """Image files named directly, or found recursively in folders (sorted), minus ``exclude`` globs."""
+    """Image files named directly, or found recursively in folders (sorted), minus ``exclude`` globs.
+
+    Entries are listed, never opened: one that is not a regular file (a FIFO, socket or device
+    named like an image) is kept, for ``predict`` to report instead of reading it.
+    """
     import fnmatch
 
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.is_file() and is_image_file(p))
+            files += sorted(p for p in item.rglob("*") if is_image_file(p) and not _is_folder(p))
         elif item.exists():
             files.append(item)
         else:
@@ -35,14 +46,53 @@ def collect_images(inputs: list[Path], exclude: list[str]) -> list[Path]:
     return [p for p in files if not any(fnmatch.fnmatchcase(p.name.lower(), pat.lower()) for pat in exclude)]
 
 
-def predict(model_uri: str, images: list[Path], batch_size: int = 64) -> list[dict]:
-    """One row per image: cluster id and the class most represented in it, or the decoding error.
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
-    Each image is decoded first, so a bad file is reported instead of failing the whole batch.
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` is not read (a FIFO would block its reader forever, a device may act on being
+    opened), or None for a regular file (also through a symbolic link). Decided by ``stat`` alone."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"{path}: cannot be read ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((name for test, name in _KINDS if test(mode)), "special file")
+    return f"{path}: {kind}, not a regular file: not opened"
+
+
+def check_model_uri(model_uri: str, trust: bool = False) -> None:
+    """Refuse (ParamError) to load a model from anywhere but the configured tracking store or
+    registry unless ``trust``: loading a model folder unpickles its objects, which runs their code."""
+    parts = urlsplit(model_uri)
+    in_store = (parts.scheme in STORE_SCHEMES and not parts.netloc and model_uri.startswith(f"{parts.scheme}:/")
+                and ".." not in PurePosixPath(parts.path).parts)
+    if in_store or trust:
+        return
+    raise ParamError(
+        f"refusing to load model {model_uri!r}: it is not a models:/ or runs:/ URI of the tracking store. "
+        "Loading a model from a folder, file or other location unpickles whatever it holds, which can run "
+        "any code. Use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/image_model (resolved against "
+        "the project's store, or MLFLOW_TRACKING_URI), or pass --trust if you trust whoever wrote that model."
+    )
+
+
+def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: bool = False) -> list[dict]:
+    """One row per image: cluster id and the class most represented in it, or why it was not read.
+
+    Each image is checked (regular file) and decoded first, so a bad file is reported instead of
+    failing (or, for a FIFO, blocking) the whole batch. ``model_uri`` must be a models:/ or runs:/
+    URI of the tracking store unless ``trust`` (see ``check_model_uri``).
     """
     import pandas as pd
     from tqdm import tqdm
 
+    check_model_uri(model_uri, trust)
     model = store.load_model(model_uri)
     classes = store.cluster_classes(store.model_run_id(model_uri))
     rows: list[dict] = []
@@ -51,6 +101,10 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64) -> list[di
             batch = images[start:start + batch_size]
             good = []
             for path in batch:
+                reason = not_a_regular_file(path)
+                if reason:
+                    rows.append({"path": str(path), "cluster": None, "cluster_class": None, "error": reason})
+                    continue
                 try:
                     open_image(path)
                     good.append(path)
@@ -67,17 +121,21 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64) -> list[di
 
 def command(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    model: str = typer.Option("models:/imgclust@champion", help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/image_model."),
+    model: str = typer.Option("models:/imgclust@champion", help="models:/NAME@ALIAS, models:/NAME/VERSION or "
+                              "runs:/RUN_ID/image_model of the tracking store; any other location needs --trust."),
     output: Path = typer.Option(..., "--output", "-o", help="File to write (.csv or .json)."),
     fmt: Format = typer.Option(None, "--format", help="csv or json (default: from the output suffix)."),
     exclude: list[str] = typer.Option(["*_mask*"], help="File-name patterns to skip (repeatable)."),
     batch_size: int = typer.Option(64, help="Images per model call."),
+    trust: bool = typer.Option(False, "--trust", help="Load --model from a folder, file or other location: "
+                               "loading unpickles its code, so only for a model you trust."),
 ) -> None:
+    check_model_uri(model, trust)
     store.configure()
     files = collect_images(images, exclude)
     if not files:
         raise InputDataError(f"no image file in {', '.join(map(str, images))}.")
-    rows = predict(model, files, batch_size)
+    rows = predict(model, files, batch_size, trust=trust)
     fmt = fmt or (Format.json if output.suffix.lower() == ".json" else Format.csv)
     if fmt is Format.json:
         write_json(output, rows)

@@ -1,19 +1,111 @@
-"""Logging to MLflow: one run per pipeline execution (``log_run``), one per k scan (``log_scan``)."""
+"""Logging to MLflow: one run per pipeline execution (``log_run``), one per k scan (``log_scan``).
+
+Each run records the process that logs it (pid, its start time and host); before logging a
+pipeline run, runs of the experiment still RUNNING whose process on this host is gone (killed
+mid-logging) are marked FAILED.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from imgclust.tracking.naming import (CLUSTER_CLASSES_ARTIFACT, DATA_STAGES_WITH_HASHES, DATA_TAG_PREFIX, DVC_ENV_TAGS,
-                                      GIT_COMMIT_TAG, GIT_DIRTY_TAG, K_SCAN_KIND, KIND_TAG, METHOD_TAG, PIPELINE_KIND,
-                                      SUMMARY_ARTIFACT, flatten, model_uri_tag, param_value, set_dotted)
-from imgclust.tracking.store import (configure, experiment_name, get_or_create_experiment, store_lock,
-                                     tracking_errors)
+from imgclust.tracking.naming import (
+    CLUSTER_CLASSES_ARTIFACT,
+    DATA_STAGES_WITH_HASHES,
+    DATA_TAG_PREFIX,
+    DVC_ENV_TAGS,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    K_SCAN_KIND,
+    KIND_TAG,
+    METHOD_TAG,
+    PIPELINE_KIND,
+    SUMMARY_ARTIFACT,
+    flatten,
+    model_uri_tag,
+    param_value,
+    set_dotted,
+)
+from imgclust.tracking.store import configure, experiment_name, get_or_create_experiment, store_lock, tracking_errors
+
+# the process that logs a run (tags set when the run is created, so a killed process leaves them)
+PID_TAG, PID_START_TAG, HOST_TAG = "imgclust.pid", "imgclust.pid_start", "imgclust.host"
+PID_NAMESPACE_TAG = "imgclust.pid_namespace"  # containers sharing a host name have pid namespaces of their own
+FAILED_REASON_TAG = "imgclust.failed_reason"
+
+log = logging.getLogger(__name__)
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (clock ticks since boot, /proc/PID/stat field 22); None
+    where there is no /proc. With the pid it tells a process from a later one given the same pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[19] if fields[0] != "Z" else "zombie"
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def process_tags() -> dict[str, str]:
+    """Tags naming this process: its pid, start time and pid namespace (Linux) and host."""
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    for tag, value in ((PID_START_TAG, _process_start(os.getpid())), (PID_NAMESPACE_TAG, _pid_namespace())):
+        if value:
+            tags[tag] = value
+    return tags
+
+
+def process_gone(pid: int, start: str | None) -> bool:
+    """Whether process ``pid`` of this host has ended (a zombie has; so has one whose pid now
+    belongs to a process started at another time than ``start``)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    now = _process_start(pid)
+    return now == "zombie" or bool(start and now and now != start)
+
+
+def fail_dead_runs(experiment_id: str) -> list[str]:
+    """Mark FAILED the runs of ``experiment_id`` left RUNNING by a process of this host (and pid
+    namespace) that has ended (killed while logging); return their ids. Runs of other hosts or
+    containers, of live processes, and runs without the process tags (logged by something else)
+    are left as they are."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    host, namespace = socket.gethostname(), _pid_namespace()
+    failed = []
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get(PID_TAG, "")
+        if tags.get(HOST_TAG) != host or tags.get(PID_NAMESPACE_TAG, namespace) != namespace:
+            continue  # another machine, or another container of this one: its pids mean nothing here
+        if not pid.isdigit() or not process_gone(int(pid), tags.get(PID_START_TAG)):
+            continue
+        client.set_tag(run.info.run_id, FAILED_REASON_TAG,
+                       f"process {pid} on {host} ended while the run was RUNNING (killed)")
+        client.set_terminated(run.info.run_id, "FAILED")
+        log.warning("MLflow run %s was left RUNNING by process %s, which is gone: marked FAILED",
+                    run.info.run_id, pid)
+        failed.append(run.info.run_id)
+    return failed
 
 
 def _git(args: list[str], cwd: Path) -> str | None:
@@ -144,10 +236,12 @@ def _log_run(uri, artifact_root, *, experiment, params, metrics, tags, artifacts
     from imgclust.tracking.image_model import ImageClusterModel
 
     experiment_id = get_or_create_experiment(experiment, artifact_root)
+    fail_dead_runs(experiment_id)
     with_keras = type(image_pipeline.named_steps["features"]).__name__ == "KerasFeatureExtractor"
     requirements = _pip_requirements(with_keras)
     code_paths = [str(Path(imgclust.__file__).parent)]
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run, warnings.catch_warnings():
+    with mlflow.start_run(experiment_id=experiment_id, tags={**tags, **process_tags()}) as run, \
+            warnings.catch_warnings():
         # MLflow's advice on type hints and input examples does not apply to these models
         warnings.simplefilter("ignore", UserWarning)
         mlflow.log_params({k: param_value(v) for k, v in flatten(params).items()})
@@ -185,7 +279,8 @@ def log_scan(rows: list[dict], settings: dict, method: str, artifacts: list[Path
     uri, artifact_root = configure()
     with tracking_errors(), store_lock(uri):
         experiment_id = get_or_create_experiment(experiment_name(experiment), artifact_root)
-        tags = {KIND_TAG: K_SCAN_KIND, METHOD_TAG: method, **git_tags(Path.cwd())}
+        fail_dead_runs(experiment_id)
+        tags = {KIND_TAG: K_SCAN_KIND, METHOD_TAG: method, **git_tags(Path.cwd()), **process_tags()}
         ks = [row["k"] for row in rows]
         with mlflow.start_run(experiment_id=experiment_id, run_name=f"k-scan {min(ks)}-{max(ks)}", tags=tags) as run:
             mlflow.log_params({k: param_value(v) for k, v in flatten(settings).items()})

@@ -3,17 +3,31 @@
 Default store: SQLite at ``<project>/mlruns/mlflow.db`` with artifacts under ``<project>/mlruns/``,
 where ``<project>`` is the main repository even when DVC runs an experiment in a temporary copy
 (DVC sets ``DVC_ROOT`` to the parent repository there). ``MLFLOW_TRACKING_URI`` overrides it.
+
+An existing SQLite store that is empty (0 bytes) or not SQLite is refused, never re-created over;
+an http(s) store that does not answer fails within seconds, not minutes (bounded retries).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import time
 from pathlib import Path
 
 from imgclust.errors import ParamError, TrackingError
-from imgclust.tracking.naming import (CLUSTER_CLASSES_ARTIFACT, DEFAULT_EXPERIMENT, FINISHED_RUNS, LOCAL_STORE_DIR,
-                                      MODEL_ARTIFACTS, PIPELINE_RUNS, metric_column, metric_name, model_uri_tag)
+from imgclust.tracking.naming import (
+    CLUSTER_CLASSES_ARTIFACT,
+    DEFAULT_EXPERIMENT,
+    FINISHED_RUNS,
+    LOCAL_STORE_DIR,
+    MODEL_ARTIFACTS,
+    PIPELINE_RUNS,
+    metric_column,
+    metric_name,
+    model_uri_tag,
+)
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -33,18 +47,45 @@ def local_store(root: Path) -> tuple[str, str]:
     return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
 
 
+# MLflow's HTTP client settings (read from the environment on every request), set when the user has
+# not: its defaults (7 retries, backoff factor 2, 120 s timeout) take 4 min 8 s to give up on a
+# server that refuses connections. These give up after about 3 s on a refused connection, and
+# within about 3 x 4 s + 3 s on one that never answers (each try waits up to the timeout to connect,
+# and as long again for each part of the answer).
+HTTP_REQUEST_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "4",
+}
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from sqlalchemy.exc import DatabaseError
+    except ImportError:  # mlflow-skinny without SQLAlchemy: no SQL store to fail
+        return ()
+    return (DatabaseError,)
+
+
 @contextlib.contextmanager
 def tracking_errors():
-    """Turn MLflow's failures (store unreachable, refused request) into a TrackingError that names
-    the store and the way to change it."""
+    """Turn MLflow's failures (store unreachable, refused request, unreadable database) into a
+    TrackingError that names the store and the way to change it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         yield
-    except (MlflowException, ConnectionError, OSError) as exc:
+    except (MlflowException, ConnectionError, OSError, *_database_errors()) as exc:
+        uri = mlflow.get_tracking_uri()
         message = getattr(exc, "message", None) or str(exc)
-        raise TrackingError(f"MLflow store {mlflow.get_tracking_uri()} failed: {message.splitlines()[0] if message else exc!r}. "
+        first = message.splitlines()[0] if message else repr(exc)
+        if isinstance(exc, _database_errors()) and sqlite_file(uri) is not None:
+            raise TrackingError(f"MLflow store {sqlite_file(uri)} cannot be read as a database: {first}. Restore it "
+                                "from a backup, or move it away to start a new store.") from exc
+        raise TrackingError(f"MLflow store {uri} failed: {first}. "
                             "Check MLFLOW_TRACKING_URI (unset it to use the project's mlruns/mlflow.db).") from exc
 
 
@@ -62,9 +103,59 @@ def store_lock(uri: str):
         yield
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI (None for other stores and in-memory ones)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    name = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(name) if name and name != ":memory:" else None
+
+
+def _head(db: Path) -> bytes | None:
+    """The first 16 bytes of ``db``; None when it is not a regular file (nothing else is opened)."""
+    if not stat.S_ISREG(os.stat(db).st_mode):
+        return None
+    with open(db, "rb") as fh:
+        return fh.read(len(SQLITE_MAGIC))
+
+
+def check_sqlite_store(uri: str, settle_s: float = 3.0) -> None:
+    """Refuse an existing SQLite store file that is empty or not SQLite: MLflow would silently
+    create a new, empty store over an empty file (the earlier runs gone, their artifacts orphaned),
+    and fail with SQLAlchemy's traceback on any other file. A missing file is fine (a new store).
+
+    A file that SQLite is creating right now is empty for a moment: an empty file is re-read
+    while holding the store's lock (which imgclust's writers hold while creating it) and for up
+    to ``settle_s`` seconds before it is refused."""
+    db = sqlite_file(uri)
+    if db is None or not db.exists():
+        return
+    head = _head(db)
+    if head == b"":
+        with store_lock(uri):
+            deadline = time.monotonic() + settle_s
+            while (head := _head(db)) == b"" and time.monotonic() < deadline:
+                time.sleep(0.2)
+    move = f"mv '{db}' '{db}.broken'"
+    if head == b"":
+        raise TrackingError(
+            f"{db}: the MLflow store is empty (0 bytes), so the runs logged in it are gone; imgclust does not "
+            f"create a new store over it. Restore it from a backup, or move it away to start a new store ({move}); "
+            "the artifacts of the old runs stay in the artifacts folder beside it.")
+    if head != SQLITE_MAGIC:
+        what = "not a regular file" if head is None else f"not an SQLite database (it starts with {head[:8]!r})"
+        raise TrackingError(
+            f"{db}: the MLflow store is {what}. Restore it from a backup, or move it away to start a new "
+            f"store ({move}).")
+
+
 def configure(root: Path | None = None) -> tuple[str, str | None]:
     """Point MLflow at ``MLFLOW_TRACKING_URI`` or the project's local store; return
-    (tracking URI, artifact root or None when the server decides)."""
+    (tracking URI, artifact root or None when the server decides).
+
+    Refuses (TrackingError) an existing SQLite store that is empty or not SQLite; for an http(s)
+    store, bounds MLflow's retries and timeout (``HTTP_REQUEST_DEFAULTS``) unless the environment
+    sets them."""
     import mlflow
 
     if os.environ.get("MLFLOW_TRACKING_URI"):
@@ -73,6 +164,10 @@ def configure(root: Path | None = None) -> tuple[str, str | None]:
         root = project_root() if root is None else Path(root)
         (root / LOCAL_STORE_DIR).mkdir(parents=True, exist_ok=True)
         uri, artifacts = local_store(root)
+    check_sqlite_store(uri)
+    if uri.split(":", 1)[0].lower() in ("http", "https"):
+        for name, value in HTTP_REQUEST_DEFAULTS.items():
+            os.environ.setdefault(name, value)
     mlflow.set_tracking_uri(uri)
     return uri, artifacts
 
