@@ -49,6 +49,7 @@ from imgclust.stages.featurize import cnn_params, featurize
 from imgclust.stages.ingest import ingest
 from imgclust.stages.resize import resize_images
 from imgclust.stages.strip_masks import strip_masks
+from imgclust.tracking import naming
 from support.archives import zip_folder
 from support.cli import run_cli
 from support.data import run_data_stages
@@ -442,7 +443,7 @@ def test_one_class_warns_on_the_console_and_tags_the_run(one_class_project, monk
     result = _evaluate(one_class_project)
     assert "warning: test: all" in result.stderr and "one class ('benign')" in result.stderr
     assert "trivial" in result.stderr
-    tag = seen["tags"][evaluate_stage.METRIC_WARNINGS_TAG]
+    tag = seen["tags"][naming.METRIC_WARNINGS_TAG]
     assert "one class ('benign')" in tag and "train:" in tag and "test:" in tag
     assert seen["summary"]["metric_warnings"]
 
@@ -451,7 +452,7 @@ def test_several_classes_and_clusters_give_no_warning(mathtext_project, monkeypa
     seen = _fake_log_run(monkeypatch)
     result = _evaluate(mathtext_project)
     assert "warning" not in result.stderr
-    assert evaluate_stage.METRIC_WARNINGS_TAG not in seen["tags"]
+    assert naming.METRIC_WARNINGS_TAG not in seen["tags"]
 
 
 def test_one_cluster_and_nan_metrics_are_warned_about():

@@ -15,8 +15,15 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from imgclust.core.backbones import (ALPHA_BACKBONES, BACKBONES, DEFAULT_MIN_INPUT_SIZE, MIN_INPUT_SIZE, POOLINGS,
-                                     backbone_label, check_backbone)
+from imgclust.core.backbones import (
+    ALPHA_BACKBONES,
+    BACKBONES,
+    DEFAULT_MIN_INPUT_SIZE,
+    MIN_INPUT_SIZE,
+    POOLINGS,
+    backbone_label,
+    check_backbone,
+)
 from imgclust.errors import InputDataError, ParamError, WeightsUnavailableError
 
 _URL_RE = re.compile(r"(https?://\S+?)(?::\s|\s|$)")

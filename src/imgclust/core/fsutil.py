@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -199,3 +200,20 @@ def class_folders(root: Path) -> list[Path]:
         return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
     except OSError as exc:
         raise InputDataError(f"{root}: cannot be listed ({exc.strerror or exc}); check its permissions.") from exc
+
+
+_FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
+               (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+NOT_REGULAR = "not a regular file: not opened"
+
+
+def file_kind(mode: int) -> str:
+    """``regular file`` or what else a ``stat``/``lstat`` mode says the entry is (FIFO, socket, ...):
+    only regular files are ever opened (a FIFO blocks its reader, a device may act on being opened)."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+
+
+def not_regular_reason(kind: str) -> str:
+    return f"{kind}, {NOT_REGULAR}"

@@ -25,8 +25,6 @@ PARAMS = ("evaluate", "mlflow", "resize.resample")
 PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
 LOCK_FILE = Path("dvc.lock")
 # MLflow tag of a run whose metrics are undefined or trivial (one class, one cluster): its warnings
-METRIC_WARNINGS_TAG = "imgclust.metric_warnings"
-MLFLOW_TAG_MAX = 5000  # characters MLflow keeps of a tag value
 
 
 def metric_warnings(result: dict) -> list[str]:
@@ -122,7 +120,7 @@ def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, 
     weights = meta["extractor"].get("weights")
     tags = runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE)
     if warnings:
-        tags[METRIC_WARNINGS_TAG] = "; ".join(warnings)[:MLFLOW_TAG_MAX]
+        tags[naming.METRIC_WARNINGS_TAG] = "; ".join(warnings)[:naming.TAG_VALUE_LIMIT]
     info = runs.log_run(
         experiment=params.mlflow.experiment_name, params=logged_params(params, LOCK_FILE),
         metrics=naming.split_metrics(metrics), tags=tags,

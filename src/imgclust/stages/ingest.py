@@ -17,7 +17,16 @@ from PIL import Image
 
 from imgclust import config
 from imgclust.core.archives import Limits, source_folder
-from imgclust.core.fsutil import atomic_dir, class_folders, is_image_file, write_csv, write_json
+from imgclust.core.fsutil import (
+    NOT_REGULAR,
+    atomic_dir,
+    class_folders,
+    file_kind,
+    is_image_file,
+    not_regular_reason,
+    write_csv,
+    write_json,
+)
 from imgclust.core.images import check_image
 from imgclust.core.parallel import pmap
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
@@ -64,24 +73,10 @@ def duplicates_across_classes(rows: list[dict]) -> list[dict]:
 
 # what is not a regular file, by its lstat mode; such an entry is never opened (a FIFO would block
 # the reader forever, a device may act on being opened)
-_FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
-               (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
 LINK_REASON = "symbolic link, not followed"
 NOT_IMAGE_REASON = "not an image file (by its suffix)"
 HIDDEN_REASON = "hidden file"
 OUTSIDE_CLASSES_REASON = "not in a class folder"
-NOT_REGULAR = "not a regular file: not opened"
-
-
-def file_kind(mode: int) -> str:
-    """``regular file`` or what else an ``lstat`` mode says the entry is (FIFO, socket, ...)."""
-    if stat.S_ISREG(mode):
-        return "regular file"
-    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
-
-
-def not_regular_reason(kind: str) -> str:
-    return f"{kind}, {NOT_REGULAR}"
 
 
 def _entry_reason(path: Path) -> str | None:

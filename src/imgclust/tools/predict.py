@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import typer
 
-from imgclust.core.fsutil import is_image_file, write_csv, write_json
+from imgclust.core.fsutil import file_kind, is_image_file, not_regular_reason, write_csv, write_json
 from imgclust.core.images import open_image
 from imgclust.errors import CorruptImageError, InputDataError, ParamError
 from imgclust.tracking import store
@@ -18,10 +18,6 @@ from imgclust.tracking import store
 OUTPUT_FIELDS = ("path", "cluster", "cluster_class", "error")
 # model URIs resolved against the configured tracking store / registry: loaded without --trust
 STORE_SCHEMES = ("models", "runs")
-_KINDS = ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
-          (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
-
-
 class Format(str, Enum):
     csv = "csv"
     json = "json"
@@ -62,8 +58,7 @@ def not_a_regular_file(path: Path) -> str | None:
         return f"{path}: cannot be read ({exc.strerror or exc})"
     if stat.S_ISREG(mode):
         return None
-    kind = next((name for test, name in _KINDS if test(mode)), "special file")
-    return f"{path}: {kind}, not a regular file: not opened"
+    return f"{path}: {not_regular_reason(file_kind(mode))}"
 
 
 def check_model_uri(model_uri: str, trust: bool = False) -> None:

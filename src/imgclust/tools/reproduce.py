@@ -16,8 +16,16 @@ import typer
 from imgclust import config
 from imgclust.errors import ParamError, ReproductionError, ReproductionMismatchError
 from imgclust.tracking import runs, store
-from imgclust.tracking.naming import (DATA_TAG_PREFIX, GIT_COMMIT_TAG, GIT_DIRTY_TAG, flatten, param_value,
-                                      parse_param_value, set_dotted, split_metrics)
+from imgclust.tracking.naming import (
+    DATA_TAG_PREFIX,
+    GIT_COMMIT_TAG,
+    GIT_DIRTY_TAG,
+    flatten,
+    param_value,
+    parse_param_value,
+    set_dotted,
+    split_metrics,
+)
 
 # variables that would make the reproduction log to (or resolve the store of) somewhere else
 SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "DVC_ROOT", "DVC_EXP_NAME",

@@ -15,6 +15,11 @@ PIPELINE_RUNS = f"tags.`{KIND_TAG}` = '{PIPELINE_KIND}'"  # search filter
 FINISHED_RUNS = "attributes.status = 'FINISHED'"
 METHOD_TAG = "featurize.method"
 GIT_COMMIT_TAG, GIT_DIRTY_TAG = "git_commit", "git_dirty"
+# the process that logs a run, so a run left RUNNING by a dead process can be marked FAILED
+PID_TAG, PID_START_TAG, HOST_TAG = "imgclust.pid", "imgclust.pid_start", "imgclust.host"
+PID_NAMESPACE_TAG = "imgclust.pid_namespace"  # containers sharing a host name have pid namespaces of their own
+FAILED_REASON_TAG = "imgclust.failed_reason"
+METRIC_WARNINGS_TAG = "imgclust.metric_warnings"  # a metric undefined or trivial (one class, one cluster)
 # DVC's environment variable -> tag
 DVC_ENV_TAGS = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_baseline_rev"}
 DATA_TAG_PREFIX = "data."  # data.<stage>.<out path> -> the output's content hash in dvc.lock
@@ -26,6 +31,7 @@ CLUSTER_CLASSES_ARTIFACT = "cluster_classes.json"
 SUMMARY_ARTIFACT = "summary.json"
 
 PARAM_VALUE_LIMIT = 6000  # MLflow's longest parameter value
+TAG_VALUE_LIMIT = 5000  # characters MLflow keeps of a tag value
 # table column -> MLflow metric, for the spellings users type (ari_test) besides the logged ones (test_ari)
 METRIC_ALIASES = {"ari_train": "train_ari", "ari_test": "test_ari", "nmi_train": "train_nmi",
                   "nmi_test": "test_nmi", "acc_train": "train_cluster_accuracy", "acc_test": "test_cluster_accuracy"}

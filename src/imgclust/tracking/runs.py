@@ -21,11 +21,16 @@ from imgclust.tracking.naming import (
     DATA_STAGES_WITH_HASHES,
     DATA_TAG_PREFIX,
     DVC_ENV_TAGS,
+    FAILED_REASON_TAG,
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
+    HOST_TAG,
     K_SCAN_KIND,
     KIND_TAG,
     METHOD_TAG,
+    PID_NAMESPACE_TAG,
+    PID_START_TAG,
+    PID_TAG,
     PIPELINE_KIND,
     SUMMARY_ARTIFACT,
     flatten,
@@ -36,9 +41,6 @@ from imgclust.tracking.naming import (
 from imgclust.tracking.store import configure, experiment_name, get_or_create_experiment, store_lock, tracking_errors
 
 # the process that logs a run (tags set when the run is created, so a killed process leaves them)
-PID_TAG, PID_START_TAG, HOST_TAG = "imgclust.pid", "imgclust.pid_start", "imgclust.host"
-PID_NAMESPACE_TAG = "imgclust.pid_namespace"  # containers sharing a host name have pid namespaces of their own
-FAILED_REASON_TAG = "imgclust.failed_reason"
 
 log = logging.getLogger(__name__)
 
