@@ -36,10 +36,14 @@ def main(root: Path) -> None:
     X = PCA(n_components=50, random_state=0).fit_transform(X)
     X_train, X_test, y_train, y_test = train_test_split(X, labels, test_size=0.1, random_state=0)
     kmeans = KMeans(n_clusters=3, random_state=0, n_init=10).fit(X_train)
-    result = {"n_images": len(labels), "load_s": loaded - start, "model_s": time.perf_counter() - loaded,
-              "total_s": time.perf_counter() - start,
-              "ari_train": adjusted_rand_score(y_train, kmeans.labels_),
-              "ari_test": adjusted_rand_score(y_test, kmeans.predict(X_test))}
+    result = {
+        "n_images": len(labels),
+        "load_s": loaded - start,
+        "model_s": time.perf_counter() - loaded,
+        "total_s": time.perf_counter() - start,
+        "ari_train": adjusted_rand_score(y_train, kmeans.labels_),
+        "ari_test": adjusted_rand_score(y_test, kmeans.predict(X_test)),
+    }
     print(json.dumps(result))
 
 

@@ -40,8 +40,16 @@ def run(cmd: list[str], cwd: Path, env: dict) -> tuple[float, str]:
 def measure(dataset: str, protocol: str, method: str, env: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="imgclust-bench-") as tmp:
         root = Path(tmp)
-        make_project(root, {"data.source": DATASETS[dataset], "protocol": protocol, "featurize.method": method,
-                            **{f"featurize.cnn.{key}": value for key, value in CNN.items()}}, env)
+        make_project(
+            root,
+            {
+                "data.source": DATASETS[dataset],
+                "protocol": protocol,
+                "featurize.method": method,
+                **{f"featurize.cnn.{key}": value for key, value in CNN.items()},
+            },
+            env,
+        )
         # upstream stages first, so that featurize is timed on its own
         total, _ = run(["dvc", "repro", "augment"], root, env)
         featurize_s, log = run(["dvc", "repro", "featurize"], root, env)
@@ -49,11 +57,17 @@ def measure(dataset: str, protocol: str, method: str, env: dict) -> dict:
         rest, _ = run(["dvc", "repro"], root, env)
         meta = json.loads((root / "data" / "features" / "meta.json").read_text())
         metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
-    return {"dataset": dataset, "protocol": protocol, "method": method,
-            "shape": f"{meta['n_samples']} x {meta['n_features']}",
-            "ari_train": metrics["train"]["ari"], "ari_test": metrics.get("test", {}).get("ari", float("nan")),
-            "featurize_img_s": meta["n_samples"] / featurize_s, "featurize_compute_img_s": compute_rate,
-            "total_s": total + featurize_s + rest}
+    return {
+        "dataset": dataset,
+        "protocol": protocol,
+        "method": method,
+        "shape": f"{meta['n_samples']} x {meta['n_features']}",
+        "ari_train": metrics["train"]["ari"],
+        "ari_test": metrics.get("test", {}).get("ari", float("nan")),
+        "featurize_img_s": meta["n_samples"] / featurize_s,
+        "featurize_compute_img_s": compute_rate,
+        "total_s": total + featurize_s + rest,
+    }
 
 
 def main() -> None:
@@ -62,15 +76,22 @@ def main() -> None:
     parser.add_argument("--protocols", nargs="*", default=["honest", "tutorial"])
     parser.add_argument("--methods", nargs="*", default=["pixels"])
     args = parser.parse_args()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@localhost",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@localhost",
+    }
     if "KERAS_HOME" not in env and (SHARED / "keras").is_dir():
         # Keras writes keras.json into its home: use a private copy of the read-only shared one
         env["KERAS_HOME"] = str(Path(tempfile.mkdtemp(prefix="imgclust-keras-")) / "keras")
         shutil.copytree(SHARED / "keras", env["KERAS_HOME"])
     env.pop("MLFLOW_TRACKING_URI", None)
-    print("| dataset | protocol | features | matrix | ARI train | ARI test | featurize img/s (stage / in-process) | dvc repro s |")
+    print(
+        "| dataset | protocol | features | matrix | ARI train | ARI test | featurize img/s (stage / in-process) | dvc repro s |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for dataset in args.only:
         if dataset != "synthetic" and not Path(DATASETS[dataset]).is_dir():
@@ -80,8 +101,11 @@ def main() -> None:
             for method in args.methods:
                 r = measure(dataset, protocol, method, env)
                 label = "pixels + PCA(50)" if method == "pixels" else "MobileNet-0.25 + PCA(50)"
-                print(f"| {dataset} | {protocol} | {label} | {r['shape']} | {r['ari_train']:.3f} | "
-                      f"{r['ari_test']:.3f} | {r['featurize_img_s']:.0f} / {r['featurize_compute_img_s']:.0f} | {r['total_s']:.0f} |", flush=True)
+                print(
+                    f"| {dataset} | {protocol} | {label} | {r['shape']} | {r['ari_train']:.3f} | "
+                    f"{r['ari_test']:.3f} | {r['featurize_img_s']:.0f} / {r['featurize_compute_img_s']:.0f} | {r['total_s']:.0f} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

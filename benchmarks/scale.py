@@ -36,7 +36,6 @@ from pathlib import Path
 
 import psutil
 import yaml
-
 from project_copy import REPO, make_project, set_params
 
 BUSI256 = REPO.parent / "shared" / "datasets" / "busi256"
@@ -75,8 +74,15 @@ def _largest_rss(process: psutil.Process) -> int:
 def timed_repro(root: Path, env: dict) -> tuple[float, list[tuple[str, float, float]]]:
     """Run ``dvc repro evaluate`` in ``root``: (total wall s, [(step, wall s, peak RSS MiB)])."""
     start = time.perf_counter()
-    proc = subprocess.Popen(["dvc", "repro", "evaluate"], cwd=root, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        ["dvc", "repro", "evaluate"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     marks = [(START, start)]
     output: list[str] = []
 
@@ -114,9 +120,16 @@ def _stage_sizes(root: Path) -> dict[str, tuple[int, str]]:
     raw = count_rows(root / "data" / "manifests" / "raw.csv")
     resized = count_rows(root / "data" / "manifests" / "split.csv")
     augmented = count_rows(root / "data" / "manifests" / "augmented.csv")
-    return {"ingest": (raw, "files"), "strip_masks": (raw, "files"), "resize": (resized, "images"),
-            "split": (resized, "images"), "augment": (augmented, "images"), "featurize": (augmented, "images"),
-            "train": (augmented, "images"), "evaluate": (augmented, "images")}
+    return {
+        "ingest": (raw, "files"),
+        "strip_masks": (raw, "files"),
+        "resize": (resized, "images"),
+        "split": (resized, "images"),
+        "augment": (augmented, "images"),
+        "featurize": (augmented, "images"),
+        "train": (augmented, "images"),
+        "evaluate": (augmented, "images"),
+    }
 
 
 def run_dataset(source: Path, env: dict) -> dict:
@@ -128,10 +141,16 @@ def run_dataset(source: Path, env: dict) -> dict:
         total, steps = timed_repro(root, env)
         sizes = _stage_sizes(root)
         metrics = json.loads((root / "evaluation" / "metrics.json").read_text())
-    naive_wall, naive_rss, naive_out = measured([sys.executable, str(REPO / "benchmarks" / "naive_seed.py"),
-                                                 str(source)], REPO, env)
-    return {"total": total, "steps": steps, "sizes": sizes, "metrics": metrics,
-            "naive": (naive_wall, naive_rss, json.loads(naive_out))}
+    naive_wall, naive_rss, naive_out = measured(
+        [sys.executable, str(REPO / "benchmarks" / "naive_seed.py"), str(source)], REPO, env
+    )
+    return {
+        "total": total,
+        "steps": steps,
+        "sizes": sizes,
+        "metrics": metrics,
+        "naive": (naive_wall, naive_rss, json.loads(naive_out)),
+    }
 
 
 def write_params(folder: Path, overrides: dict) -> None:
@@ -164,20 +183,27 @@ def report(label: str, result: dict, fixed: dict | None = None) -> None:
     peak = max(rss for _, _, rss in result["steps"])
     metrics = result["metrics"]
     naive_wall, naive_rss, naive = result["naive"]
-    print(f"| **imgclust: `dvc repro` (all stages)** | | **{result['total']:.1f}** | {fixed['total']:.1f} | "
-          f"| **{peak:,.0f}** |")
-    print(f"| **naive seed script** (load {naive['load_s']:.1f} s, model {naive['model_s']:.1f} s) | "
-          f"{naive['n_images']:,} images | **{naive_wall:.1f}** | {fixed['naive'][0]:.1f} | "
-          f"{naive['n_images'] / naive_wall:,.0f} | **{naive_rss:,.0f}** |")
+    print(
+        f"| **imgclust: `dvc repro` (all stages)** | | **{result['total']:.1f}** | {fixed['total']:.1f} | "
+        f"| **{peak:,.0f}** |"
+    )
+    print(
+        f"| **naive seed script** (load {naive['load_s']:.1f} s, model {naive['model_s']:.1f} s) | "
+        f"{naive['n_images']:,} images | **{naive_wall:.1f}** | {fixed['naive'][0]:.1f} | "
+        f"{naive['n_images'] / naive_wall:,.0f} | **{naive_rss:,.0f}** |"
+    )
     if fixed is result:
         return
     compute = result["total"] - fixed["total"]
     naive_compute = naive_wall - fixed["naive"][0]
-    print(f"\nspeed-up of imgclust over the naive script: **{naive_wall / result['total']:.2f}x** "
-          f"({result['total']:.1f} s vs {naive_wall:.1f} s); without the fixed costs: "
-          f"{compute:.1f} s vs {naive_compute:.1f} s ({naive_compute / compute:.2f}x). "
-          f"ARI train/test: imgclust {metrics['train']['ari']:.3f}/{metrics['test']['ari']:.3f}, "
-          f"naive {naive['ari_train']:.3f}/{naive['ari_test']:.3f}.", flush=True)
+    print(
+        f"\nspeed-up of imgclust over the naive script: **{naive_wall / result['total']:.2f}x** "
+        f"({result['total']:.1f} s vs {naive_wall:.1f} s); without the fixed costs: "
+        f"{compute:.1f} s vs {naive_compute:.1f} s ({naive_compute / compute:.2f}x). "
+        f"ARI train/test: imgclust {metrics['train']['ari']:.3f}/{metrics['test']['ari']:.3f}, "
+        f"naive {naive['ari_train']:.3f}/{naive['ari_test']:.3f}.",
+        flush=True,
+    )
 
 
 def bench_model_stages(size: int, env: dict, workdir: Path | None = None) -> None:
@@ -202,14 +228,28 @@ def bench_model_stages(size: int, env: dict, workdir: Path | None = None) -> Non
             ["imgclust", "strip-masks", "--raw", "synthetic", "--out", "stripped", "--report", "strip.json"],
             ["imgclust", "resize", "--in", "stripped", "--out", "resized"],
             ["imgclust", "split", "--in", "resized", "--out", "split.csv"],
-            ["imgclust", "augment", "--in", "resized", "--split", "split.csv", "--out", "augmented",
-             "--manifest", "augmented.csv", "--report", "augment.json"],
+            [
+                "imgclust",
+                "augment",
+                "--in",
+                "resized",
+                "--split",
+                "split.csv",
+                "--out",
+                "augmented",
+                "--manifest",
+                "augmented.csv",
+                "--report",
+                "augment.json",
+            ],
         ]
         for cmd in prepare:
             measured(cmd, root, env)
             for done in ("synthetic", "stripped") if cmd[1] in ("resize",) else ():
                 shutil.rmtree(root / done)
-        print(f"<!-- synthetic {size}: data prepared in {time.perf_counter() - start:.0f} s (not counted) -->", flush=True)
+        print(
+            f"<!-- synthetic {size}: data prepared in {time.perf_counter() - start:.0f} s (not counted) -->", flush=True
+        )
         _measure_model_stages(root, size, env)
 
 
@@ -218,29 +258,52 @@ def _measure_model_stages(root: Path, size: int, env: dict) -> None:
     stages = {
         "featurize": ["imgclust", "featurize", "--in", "augmented", "--manifest", "augmented.csv", "--out", "features"],
         "train": ["imgclust", "train", "--features", "features", "--out", "model.joblib"],
-        "evaluate": ["imgclust", "evaluate", "--features", "features", "--model", "model.joblib",
-                     "--images", "augmented", "--metrics", "metrics.json",
-                     "--plots", "plots", "--predictions", "predictions.csv", "--run-info", "run.json"],
+        "evaluate": [
+            "imgclust",
+            "evaluate",
+            "--features",
+            "features",
+            "--model",
+            "model.joblib",
+            "--images",
+            "augmented",
+            "--metrics",
+            "metrics.json",
+            "--plots",
+            "plots",
+            "--predictions",
+            "predictions.csv",
+            "--run-info",
+            "run.json",
+        ],
     }
     total, peak = 0.0, 0.0
     for stage, cmd in stages.items():
         wall, rss, _ = measured(cmd, root, env)
         total, peak = total + wall, max(peak, rss)
-        print(f"| synthetic {size} | imgclust: {stage} | {size} | {wall:.1f} | {size / wall:.0f} | {rss:.0f} |", flush=True)
+        print(
+            f"| synthetic {size} | imgclust: {stage} | {size} | {wall:.1f} | {size / wall:.0f} | {rss:.0f} |",
+            flush=True,
+        )
     metrics = json.loads((root / "metrics.json").read_text())
-    print(f"| synthetic {size} | **featurize -> train -> evaluate** | {size} | **{total:.1f}** | | **{peak:.0f}** |"
-          f" <!-- ARI train {metrics['train']['ari']:.3f} test {metrics['test']['ari']:.3f} -->", flush=True)
+    print(
+        f"| synthetic {size} | **featurize -> train -> evaluate** | {size} | **{total:.1f}** | | **{peak:.0f}** |"
+        f" <!-- ARI train {metrics['train']['ari']:.3f} test {metrics['test']['ari']:.3f} -->",
+        flush=True,
+    )
 
 
 def startup_costs(env: dict) -> None:
     print("| fixed cost | wall s | peak RSS MiB |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, cmd in (("python + imgclust CLI import", ["imgclust", "--help"]),
-                           ("dvc start (`dvc --version`)", ["dvc", "--version"]),
-                           ("python + import sklearn", [sys.executable, "-c", "import sklearn.decomposition"]),
-                           ("python + import mlflow", [sys.executable, "-c", "import mlflow"]),
-                           ("python + import keras/tensorflow", [sys.executable, "-c", "import keras"])):
+        for label, cmd in (
+            ("python + imgclust CLI import", ["imgclust", "--help"]),
+            ("dvc start (`dvc --version`)", ["dvc", "--version"]),
+            ("python + import sklearn", [sys.executable, "-c", "import sklearn.decomposition"]),
+            ("python + import mlflow", [sys.executable, "-c", "import mlflow"]),
+            ("python + import keras/tensorflow", [sys.executable, "-c", "import keras"]),
+        ):
             wall, rss, _ = measured(cmd, Path(tmp), env)
             print(f"| {label} | {wall:.1f} | {rss:.0f} |", flush=True)
 
@@ -253,9 +316,14 @@ def main() -> None:
     parser.add_argument("--model-only", action="store_true", help="time featurize, train, evaluate only")
     parser.add_argument("--workdir", type=Path, help="with --model-only: prepare (or reuse) the data here")
     args = parser.parse_args()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@localhost",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@localhost",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     if args.model_only:
         print("| dataset | step | images | wall s | per s | peak RSS MiB |")

@@ -36,21 +36,35 @@ TRACKING_ENV_VARS = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP
 FAKE_DVC_LOCK = {
     "schema": "2.0",
     "stages": {
-        "synthesize": {"cmd": "imgclust synthesize", "outs": [
-            {"path": "data/synthetic", "hash": "md5", "md5": "0" * 32 + ".dir", "size": 1, "nfiles": 1}]},
-        "ingest": {"cmd": "imgclust ingest", "deps": [
-            {"path": "data/synthetic", "hash": "md5", "md5": "d" * 32 + ".dir"}], "outs": [
-            {"path": "data/manifests/raw.csv", "hash": "md5", "md5": "1" * 32, "size": 10},
-            {"path": "data/raw", "hash": "md5", "md5": "2" * 32 + ".dir", "size": 10, "nfiles": 3},
-            {"path": "reports/ingest.json", "hash": "md5", "md5": "3" * 32, "size": 10}]},
-        "augment": {"cmd": "imgclust augment", "outs": [
-            {"path": "data/augmented", "hash": "md5", "md5": "4" * 32 + ".dir", "size": 10, "nfiles": 3}]},
-        "featurize": {"cmd": "imgclust featurize", "outs": [
-            {"path": "data/features", "hash": "md5", "md5": "5" * 32 + ".dir", "size": 10, "nfiles": 3}]},
-        "train": {"cmd": "imgclust train", "outs": [
-            {"path": "models/model.joblib", "hash": "md5", "md5": "6" * 32, "size": 10}]},
-        "evaluate": {"cmd": "imgclust evaluate", "outs": [
-            {"path": "evaluation/predictions.csv", "hash": "md5", "md5": "7" * 32, "size": 10}]},
+        "synthesize": {
+            "cmd": "imgclust synthesize",
+            "outs": [{"path": "data/synthetic", "hash": "md5", "md5": "0" * 32 + ".dir", "size": 1, "nfiles": 1}],
+        },
+        "ingest": {
+            "cmd": "imgclust ingest",
+            "deps": [{"path": "data/synthetic", "hash": "md5", "md5": "d" * 32 + ".dir"}],
+            "outs": [
+                {"path": "data/manifests/raw.csv", "hash": "md5", "md5": "1" * 32, "size": 10},
+                {"path": "data/raw", "hash": "md5", "md5": "2" * 32 + ".dir", "size": 10, "nfiles": 3},
+                {"path": "reports/ingest.json", "hash": "md5", "md5": "3" * 32, "size": 10},
+            ],
+        },
+        "augment": {
+            "cmd": "imgclust augment",
+            "outs": [{"path": "data/augmented", "hash": "md5", "md5": "4" * 32 + ".dir", "size": 10, "nfiles": 3}],
+        },
+        "featurize": {
+            "cmd": "imgclust featurize",
+            "outs": [{"path": "data/features", "hash": "md5", "md5": "5" * 32 + ".dir", "size": 10, "nfiles": 3}],
+        },
+        "train": {
+            "cmd": "imgclust train",
+            "outs": [{"path": "models/model.joblib", "hash": "md5", "md5": "6" * 32, "size": 10}],
+        },
+        "evaluate": {
+            "cmd": "imgclust evaluate",
+            "outs": [{"path": "evaluation/predictions.csv", "hash": "md5", "md5": "7" * 32, "size": 10}],
+        },
     },
 }
 FAKE_DVC_LOCK_TAGS = {

@@ -30,8 +30,17 @@ SHA256_PATTERN = r"^([0-9a-fA-F]{64})?$"
 # what the stages from ingest on write (dvc.yaml's outs, by folder): data.source may be none of these,
 # inside none and hold none (DVC: "defined as both a dependency and an output", or a cycle).
 # synthesize's output, data/synthetic, is the default source.
-PIPELINE_OUTPUTS = ("data/raw", "data/manifests", "data/stripped", "data/resized", "data/augmented",
-                    "data/features", "models", "evaluation", "reports")
+PIPELINE_OUTPUTS = (
+    "data/raw",
+    "data/manifests",
+    "data/stripped",
+    "data/resized",
+    "data/augmented",
+    "data/features",
+    "models",
+    "evaluation",
+    "reports",
+)
 
 
 def _one_of(*choices: str):
@@ -87,8 +96,9 @@ class DataParams(_Section):
     @model_validator(mode="after")
     def _url_needs_checksum(self):
         if urlsplit(self.source).scheme in ("http", "https") and not self.sha256:
-            raise ValueError(f"source is a URL ({self.source}); set data.sha256 to the archive's sha256 "
-                             "so the download is verified.")
+            raise ValueError(
+                f"source is a URL ({self.source}); set data.sha256 to the archive's sha256 so the download is verified."
+            )
         return self
 
 
@@ -99,7 +109,7 @@ class SynthesizeParams(_Section):
 
 class IngestParams(_Section):
     skip_corrupt: bool
-    max_archive_bytes: PositiveInt                                # what an archive source may unpack to
+    max_archive_bytes: PositiveInt  # what an archive source may unpack to
     max_compression_ratio: Annotated[float, Field(ge=1, le=1e6)]  # unpacked size / archive size
 
 
@@ -133,7 +143,7 @@ class CnnParams(_Section):
     backbone: _one_of(*BACKBONES)
     alpha: Annotated[float, Field(gt=0)]
     weights: Annotated[str, Field(min_length=1)]  # imagenet | none | a weights file
-    input_size: Annotated[int, Field(ge=0)]       # 0: the backbone's default
+    input_size: Annotated[int, Field(ge=0)]  # 0: the backbone's default
     pooling: _one_of(*(p for p in POOLINGS if p))
     batch_size: PositiveInt
 
@@ -225,8 +235,9 @@ def validate(params: Any, origin: str = str(PARAMS_FILE)) -> PipelineParams:
         return PipelineParams.model_validate(params)
     except ValidationError as exc:
         problems = [_describe(error) for error in exc.errors(include_url=False)]
-        raise ParamError(f"{origin}: {len(problems)} invalid parameter(s):\n"
-                         + "\n".join(f"  - {p}" for p in problems)) from None
+        raise ParamError(
+            f"{origin}: {len(problems)} invalid parameter(s):\n" + "\n".join(f"  - {p}" for p in problems)
+        ) from None
 
 
 def read(path: Path = PARAMS_FILE) -> Any:
@@ -268,8 +279,9 @@ def _is_url(source: str) -> bool:
     return urlsplit(source).scheme.lower() in ("http", "https")
 
 
-def check_source(data: DataParams, project: Path = Path("."), origin: str = str(PARAMS_FILE),
-                 must_exist: bool = True) -> None:
+def check_source(
+    data: DataParams, project: Path = Path("."), origin: str = str(PARAMS_FILE), must_exist: bool = True
+) -> None:
     """Refuse a local ``data.source`` that overlaps what the pipeline writes (``/``, ``.``, the
     project folder, data/raw, ...: DVC would call it both a dependency and an output) and, with
     ``must_exist``, one that does not exist; the message names data.source."""
@@ -283,8 +295,13 @@ def check_source(data: DataParams, project: Path = Path("."), origin: str = str(
         if resolved == written or written in resolved.parents:
             where = f"inside {out}/" if resolved != written else out
         elif resolved in written.parents:
-            where = "the project folder" if resolved == project else \
-                "a folder holding the project" if resolved in project.parents else f"a folder holding {out}/"
+            where = (
+                "the project folder"
+                if resolved == project
+                else "a folder holding the project"
+                if resolved in project.parents
+                else f"a folder holding {out}/"
+            )
         else:
             continue
         raise ParamError(

@@ -31,8 +31,9 @@ def make_dataset(root: Path) -> Path:
     return root
 
 
-def zip_folder(folder: Path, archive: Path, prefix: str = "", *, compression: int = zipfile.ZIP_STORED,
-               dirs: bool = True) -> Path:
+def zip_folder(
+    folder: Path, archive: Path, prefix: str = "", *, compression: int = zipfile.ZIP_STORED, dirs: bool = True
+) -> Path:
     """``folder`` as a zip, its members named ``prefix`` + their path inside ``folder``; with
     ``dirs=False`` only its files are members (the first member is then a file)."""
     with zipfile.ZipFile(archive, "w", compression) as zf:

@@ -80,7 +80,7 @@ def build_corpus(root: Path, outside: Path, dangling_link: bool = True) -> dict[
         # a lesion-like blob at a per-mask place: masks differ, as real ones do
         blob = np.zeros((24, 30), np.uint8)
         offset = 2 * sum(kind == "mask" for kind, _ in expected.values())
-        blob[offset:offset + 8, offset:offset + 10] = 255
+        blob[offset : offset + 8, offset : offset + 10] = 255
         write_png(root / rel, blob)
         expected[rel] = ("mask", "")
 
@@ -100,8 +100,11 @@ def build_corpus(root: Path, outside: Path, dangling_link: bool = True) -> dict[
     image("benign/with space (2).png", seed=2)
     image("benign/ünïcødé 超声 (3).png", seed=3)
     image("benign/-leading-dash.png", seed=4)
-    image("benign/jpeg named.png", writer=lambda p: Image.fromarray(noise((24, 30, 3), 5)).save(p, format="JPEG"),
-          detail="wrong extension")
+    image(
+        "benign/jpeg named.png",
+        writer=lambda p: Image.fromarray(noise((24, 30, 3), 5)).save(p, format="JPEG"),
+        detail="wrong extension",
+    )
     image("benign/gray16.png", writer=_gray16, detail="16-bit")
     image("benign/palette transparent.png", writer=_palette_transparent, detail="palette")
     image("benign/nested/deeper/inner (4).png", seed=6)
@@ -116,8 +119,11 @@ def build_corpus(root: Path, outside: Path, dangling_link: bool = True) -> dict[
     if dangling_link:
         ignored("benign/dangling.png", lambda p: os.symlink(outside / "gone.png", p))
     # malignant: modes and shapes
-    image("malignant/cmyk.jpg", writer=lambda p: Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(p, quality=95),
-          detail="cmyk red")
+    image(
+        "malignant/cmyk.jpg",
+        writer=lambda p: Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(p, quality=95),
+        detail="cmyk red",
+    )
     image("malignant/exif rotated.jpg", writer=_exif_rotated, detail="exif 6")
     image("malignant/one pixel.png", np.full((1, 1), 123, np.uint8), detail="1x1")
     image("malignant/elongated.png", noise((3, 2000), 8), detail="2000x3")

@@ -25,8 +25,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http(url: str, *, data: bytes | None = None, method: str | None = None, headers: dict | None = None,
-         timeout: float = 10) -> tuple[int, bytes]:
+def http(
+    url: str, *, data: bytes | None = None, method: str | None = None, headers: dict | None = None, timeout: float = 10
+) -> tuple[int, bytes]:
     """(status, body) of one request, without any proxy from the environment."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
@@ -37,13 +38,16 @@ def http(url: str, *, data: bytes | None = None, method: str | None = None, head
         return exc.code, exc.read()
 
 
-def http_json(url: str, body: dict | None = None, *, method: str | None = None,
-              timeout: float = 30) -> tuple[int, str]:
+def http_json(url: str, body: dict | None = None, *, method: str | None = None, timeout: float = 30) -> tuple[int, str]:
     """(status, text) of one JSON request: POST when there is a ``body``, GET otherwise."""
     data = None if body is None else json.dumps(body).encode()
-    status, payload = http(url, data=data, method=method,
-                           headers={"Content-Type": "application/json"} if data is not None else {},
-                           timeout=timeout)
+    status, payload = http(
+        url,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"} if data is not None else {},
+        timeout=timeout,
+    )
     return status, payload.decode(errors="replace")
 
 
@@ -68,13 +72,19 @@ def log_tail(log: Path, chars: int = 4000) -> str:
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], *, ready_url: str, log: Path, env: dict | None = None, cwd: Path | None = None,
-                   timeout: float = SERVER_START_S):
+def server_process(
+    args: list[str],
+    *,
+    ready_url: str,
+    log: Path,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: float = SERVER_START_S,
+):
     """Start a server in its own process group, wait (bounded) until ``ready_url`` answers 200, and
     always terminate the whole group (servers such as mlflow/uvicorn fork workers) afterwards."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -99,8 +109,19 @@ def mlflow_server(backend_uri: str, *, workdir: Path, artifacts: list[str], env:
     artifact options); yields its URL. Its log is ``workdir``/server.log."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [tool("mlflow"), "server", "--backend-store-uri", backend_uri, *artifacts,
-            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    args = [
+        tool("mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        *artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     # MLflow 3 also starts a job runner with several huey consumers (GenAI jobs); not needed here
     env = server_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {}))
     with server_process(args, ready_url=f"{url}/health", log=workdir / "server.log", env=env, cwd=workdir):

@@ -34,8 +34,20 @@ def keras_home() -> str:
 
 def test_cnn_experiment_logs_an_image_model_that_matches_evaluate(tmp_path, keras_home):
     root = make_project(tmp_path / "project", synthesize__n_images=40, resize__width=96, resize__height=96)
-    sh("dvc", "exp", "run", "-n", "cnn", "-S", "featurize.method=cnn", "-S", "featurize.cnn.backbone=mobilenet",
-       "-S", "featurize.cnn.alpha=0.25", cwd=root)
+    sh(
+        "dvc",
+        "exp",
+        "run",
+        "-n",
+        "cnn",
+        "-S",
+        "featurize.method=cnn",
+        "-S",
+        "featurize.cnn.backbone=mobilenet",
+        "-S",
+        "featurize.cnn.alpha=0.25",
+        cwd=root,
+    )
     meta = json.loads((root / "data" / "features" / "meta.json").read_text())
     assert meta["method"] == "cnn" and meta["dtype"] == "float32" and meta["n_features"] == 256
     (run,) = mlflow_runs(root)
@@ -48,11 +60,24 @@ def test_cnn_experiment_logs_an_image_model_that_matches_evaluate(tmp_path, kera
         test_rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
     assert test_rows
     # the ORIGINAL files (before resize) of the test images, so the model's own loading is exercised
-    paths = [str(next((root / "data" / "stripped").glob(f"{Path(r['file']).with_suffix('').as_posix()}.*")))
-             for r in test_rows]
-    proc = subprocess.run([sys.executable, "-c", FRESH_PROCESS_PREDICT, f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
-                           run["run_id"], json.dumps(paths)], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "KERAS_HOME": keras_home})
+    paths = [
+        str(next((root / "data" / "stripped").glob(f"{Path(r['file']).with_suffix('').as_posix()}.*")))
+        for r in test_rows
+    ]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FRESH_PROCESS_PREDICT,
+            f"sqlite:///{root / 'mlruns' / 'mlflow.db'}",
+            run["run_id"],
+            json.dumps(paths),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "KERAS_HOME": keras_home},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     predicted = json.loads(proc.stdout.strip().splitlines()[-1])
     assert predicted == [int(r["cluster"]) for r in test_rows]
@@ -67,11 +92,26 @@ def test_missing_weights_fail_before_work_with_a_clear_message(tmp_path):
     work = tmp_path / "work"
     write_params(work, featurize__method="cnn", featurize__cnn__backbone="mobilenet_v2")
     out = tmp_path / "features"
-    proc = run_installed("featurize", "--in", str(tmp_path / "no-images"), "--manifest", str(tmp_path / "none.csv"),
-                         "--out", str(out), cwd=work, env={"KERAS_HOME": str(empty_home)}, check=False)
+    proc = run_installed(
+        "featurize",
+        "--in",
+        str(tmp_path / "no-images"),
+        "--manifest",
+        str(tmp_path / "none.csv"),
+        "--out",
+        str(out),
+        cwd=work,
+        env={"KERAS_HOME": str(empty_home)},
+        check=False,
+    )
     assert proc.returncode == 2
     message = proc.stderr
-    for part in ("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-                 str(empty_home / "models"), "KERAS_HOME", "featurize.cnn.weights"):
+    for part in (
+        "mobilenet_v2",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+        str(empty_home / "models"),
+        "KERAS_HOME",
+        "featurize.cnn.weights",
+    ):
         assert part in message, part
     assert not out.exists()

@@ -33,11 +33,14 @@ def test_dvc_repro_from_a_local_archive(tmp_path):
     archive = tgz_folder(dataset, tmp_path / "dataset.tgz")
     root = make_project(tmp_path / "project", data__source=str(archive))
     sh("dvc", "repro", "strip_masks", cwd=root)
-    assert sorted(p.name for p in (root / "data" / "stripped" / "benign").iterdir()) == \
-        [f"benign ({i}).png" for i in range(3)]
+    assert sorted(p.name for p in (root / "data" / "stripped" / "benign").iterdir()) == [
+        f"benign ({i}).png" for i in range(3)
+    ]
     assert "up to date" in sh("dvc", "status", "ingest", cwd=root).stdout
     shutil.copy(archive, tmp_path / "old.tgz")
-    append_tar_member(archive, tar_member("benign/benign (9).png"), (dataset / "benign" / "benign (1).png").read_bytes())
+    append_tar_member(
+        archive, tar_member("benign/benign (9).png"), (dataset / "benign" / "benign (1).png").read_bytes()
+    )
     assert "modified" in sh("dvc", "status", "ingest", cwd=root).stdout
 
 
@@ -81,8 +84,9 @@ def test_dvc_repro_on_the_corpus(tmp_path):
     assert set(report["ignored"]) == by_fate(expected, "ignored")
     assert report["n_duplicates_across_classes"] == 1
     resized = root / "data" / "resized"
-    assert {p.relative_to(resized).as_posix() for p in resized.rglob("*.png")} == \
-        {Path(rel).with_suffix(".png").as_posix() for rel in by_fate(expected, "image")}
+    assert {p.relative_to(resized).as_posix() for p in resized.rglob("*.png")} == {
+        Path(rel).with_suffix(".png").as_posix() for rel in by_fate(expected, "image")
+    }
     assert {Image.open(p).size for p in resized.rglob("*.png")} == {(SIZE, SIZE)}
     augmented = _read_csv(root / "data" / "manifests" / "augmented.csv")
     assert all(row["class"] == row["source"].split("/", 1)[0] for row in augmented)

@@ -25,9 +25,12 @@ RUN_RECORD = "mlflow_run.json"
 def lock_hashes(lock_file: Path) -> dict[tuple[str, str, str], str]:
     """Every hash in a dvc.lock: (stage, deps|outs, path) -> md5 (".dir" for a folder)."""
     stages = yaml.safe_load(lock_file.read_text())["stages"]
-    return {(stage, kind, entry["path"]): entry["md5"]
-            for stage, entry_of in stages.items() for kind in ("deps", "outs")
-            for entry in entry_of.get(kind, [])}
+    return {
+        (stage, kind, entry["path"]): entry["md5"]
+        for stage, entry_of in stages.items()
+        for kind in ("deps", "outs")
+        for entry in entry_of.get(kind, [])
+    }
 
 
 def comparable(hashes: dict) -> dict:
@@ -56,8 +59,8 @@ def test_every_output_is_the_same_with_1_and_2_threads(runs):
     differing = {key: (hashes_1[key], hashes_2[key]) for key in comparable(hashes_1) if hashes_1[key] != hashes_2[key]}
     assert differing == {}, f"dvc.lock hashes that differ with {one} and {two} threads: {differing}"
     assert (first / METRICS).read_bytes() == (second / METRICS).read_bytes(), (
-        f"{METRICS} with {one} thread:\n{(first / METRICS).read_text()}\n"
-        f"with {two}:\n{(second / METRICS).read_text()}")
+        f"{METRICS} with {one} thread:\n{(first / METRICS).read_text()}\nwith {two}:\n{(second / METRICS).read_text()}"
+    )
     # what the comparison above rests on: the files themselves, byte for byte
     for path in ("models/model.joblib", "evaluation/predictions.csv", "evaluation/plots/scatter.png"):
         assert (first / path).read_bytes() == (second / path).read_bytes(), path
@@ -70,8 +73,10 @@ def test_the_committed_lock_and_metrics_reproduce(runs):
     stale = {key: (committed.get(key), md5) for key, md5 in produced.items() if committed.get(key) != md5}
     stale.update({key: (md5, None) for key, md5 in committed.items() if key not in produced})
     advice = "run `dvc repro` in the repository and commit dvc.lock and evaluation/ with the change"
-    listed = "\n".join(f"  {stage} {kind} {path}: committed {old}, reproduced {new}"
-                        for (stage, kind, path), (old, new) in sorted(stale.items())[:20])
+    listed = "\n".join(
+        f"  {stage} {kind} {path}: committed {old}, reproduced {new}"
+        for (stage, kind, path), (old, new) in sorted(stale.items())[:20]
+    )
     assert not stale, f"{len(stale)} dvc.lock hashes differ from the committed ones ({advice}):\n{listed}"
     assert (REPO / METRICS).is_file(), f"{METRICS} is not in the repository; {advice}"
     assert json.loads((root / METRICS).read_text()) == json.loads((REPO / METRICS).read_text()), advice

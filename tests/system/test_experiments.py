@@ -23,14 +23,15 @@ from support.project import env, make_project, mlflow_runs, sh
 from support.servers import free_port, http_json, log_tail, mlflow_server, server_env, server_process, tool
 
 SMALL = {"synthesize__n_images": 36, "resize__width": 48, "resize__height": 48}
-BASELINE_K = 3                  # params.yaml default: the `dvc repro` baseline
-SWEEP = "train.kmeans.n_clusters=range(2,7)"   # k = 2..6; k = 3 repeats the baseline
+BASELINE_K = 3  # params.yaml default: the `dvc repro` baseline
+SWEEP = "train.kmeans.n_clusters=range(2,7)"  # k = 2..6; k = 3 repeats the baseline
 SWEEP_KS = {2, 3, 4, 5, 6}
 QUEUE_TIMEOUT_S = 420
 CLASSES = {"benign", "malignant", "normal"}
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
 
 def store_uri(root: Path) -> str:
     return f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
@@ -68,8 +69,11 @@ def wait_for_queue(root: Path, timeout: float) -> dict[str, str]:
             return tasks
         if time.monotonic() > deadline:
             sh("dvc", "queue", "stop", "--kill", cwd=root, check=False)
-            logs = "\n".join(sh("dvc", "queue", "logs", name, cwd=root, check=False).stdout[-2000:]
-                             for name, state in tasks.items() if state != "Success")
+            logs = "\n".join(
+                sh("dvc", "queue", "logs", name, cwd=root, check=False).stdout[-2000:]
+                for name, state in tasks.items()
+                if state != "Success"
+            )
             raise AssertionError(f"queue not done after {timeout:.0f} s: {tasks}\n{logs}")
         time.sleep(3)
 
@@ -91,6 +95,7 @@ def register_baseline(sweep) -> None:
 
 # ---------------------------------------------------------------------------------------- fixture
 
+
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     """A small project reproduced once and committed, then a 5-point k sweep queued with
@@ -107,8 +112,14 @@ def sweep(tmp_path_factory):
     assert queued.count("Queued experiment") == len(SWEEP_KS), queued
     try:
         # not captured: the queue's workers outlive `dvc queue start` and would hold a pipe open
-        subprocess.run(["dvc", "queue", "start", "-j", "2"], cwd=root, env=env(), check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"],
+            cwd=root,
+            env=env(),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         tasks = wait_for_queue(root, QUEUE_TIMEOUT_S)
     finally:
         sh("dvc", "queue", "stop", cwd=root, check=False)
@@ -117,11 +128,17 @@ def sweep(tmp_path_factory):
         logs = "\n".join(sh("dvc", "queue", "logs", name, cwd=root, check=False).stdout[-3000:] for name in failed)
         raise AssertionError(f"queued experiments failed: {failed}\n{logs}")
     baseline = baseline_runs[0]["run_id"]
-    return {"root": root, "head": head, "tasks": tasks, "baseline_run": baseline,
-            "new_runs": [r for r in mlflow_runs(root) if r["run_id"] != baseline]}
+    return {
+        "root": root,
+        "head": head,
+        "tasks": tasks,
+        "baseline_run": baseline,
+        "new_runs": [r for r in mlflow_runs(root) if r["run_id"] != baseline],
+    }
 
 
 # ---------------------------------------------------------------------------------------- 1. sweep
+
 
 def test_queued_sweep_logs_one_finished_run_per_changed_experiment(sweep):
     root, head, new = sweep["root"], sweep["head"], sweep["new_runs"]
@@ -150,11 +167,15 @@ def test_queued_sweep_logs_one_finished_run_per_changed_experiment(sweep):
     # the names are DVC's experiment names, with the k each one ran
     shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=root).stdout)
     baseline_entry = next(e for e in shown if e["rev"] == head)
-    exp_k = {rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["train"]["kmeans"]["n_clusters"]
-             for exp in baseline_entry["experiments"] for rev in exp["revs"]}
+    exp_k = {
+        rev["name"]: rev["data"]["params"]["params.yaml"]["data"]["train"]["kmeans"]["n_clusters"]
+        for exp in baseline_entry["experiments"]
+        for rev in exp["revs"]
+    }
     assert set(exp_k) == set(sweep["tasks"])
     assert {name: exp_k[name] for name in names} == {
-        r["tags"]["dvc_exp_name"]: int(r["params"]["train.kmeans.n_clusters"]) for r in new}
+        r["tags"]["dvc_exp_name"]: int(r["params"]["train.kmeans.n_clusters"]) for r in new
+    }
     no_run = set(exp_k) - set(names)
     assert [exp_k[name] for name in no_run] == [BASELINE_K]
 
@@ -163,6 +184,7 @@ def test_queued_sweep_logs_one_finished_run_per_changed_experiment(sweep):
 
 
 # ---------------------------------------------------------------------------------------- 2. compare
+
 
 def test_compare_lists_pipeline_runs_sorted_and_filtered(sweep, tmp_path):
     root = sweep["root"]
@@ -193,8 +215,11 @@ def test_compare_lists_pipeline_runs_sorted_and_filtered(sweep, tmp_path):
         assert row["dvc_exp"] == stored["tags"].get("dvc_exp_name", "")
 
     k4 = [run_id for run_id, r in pipeline.items() if r["params"]["train.kmeans.n_clusters"] == "4"]
-    markdown = cli("compare", "--filter", "params.train.kmeans.n_clusters = '4'", "--format", "markdown",
-                   cwd=root).stdout.strip().splitlines()
+    markdown = (
+        cli("compare", "--filter", "params.train.kmeans.n_clusters = '4'", "--format", "markdown", cwd=root)
+        .stdout.strip()
+        .splitlines()
+    )
     assert markdown[0].startswith("| run | started_utc | dvc_exp |") and markdown[1].startswith("|---|")
     assert len(markdown) == 2 + len(k4) == 3
     assert k4[0] in markdown[2] and "| 4 |" in markdown[2]
@@ -204,6 +229,7 @@ def test_compare_lists_pipeline_runs_sorted_and_filtered(sweep, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- 3. registry + predict
+
 
 def test_register_best_points_champion_at_highest_test_ari(sweep):
     root = sweep["root"]
@@ -224,7 +250,7 @@ def test_register_best_points_champion_at_highest_test_ari(sweep):
 
 def test_predict_with_registered_baseline_matches_the_pipeline(sweep, tmp_path):
     root = sweep["root"]
-    register_baseline(sweep)   # the workspace holds the baseline's outputs (queued runs leave it alone)
+    register_baseline(sweep)  # the workspace holds the baseline's outputs (queued runs leave it alone)
     version = client(root).get_model_version_by_alias("imgclust", "champion")
     assert version.run_id == sweep["baseline_run"]
 
@@ -284,14 +310,19 @@ def test_predict_reports_corrupt_files_and_fails_only_when_all_are(sweep, tmp_pa
 
 # ---------------------------------------------------------------------------------------- 4. tracking server
 
+
 def test_tracking_server_rest_api_lists_the_runs(sweep, tmp_path):
     root = sweep["root"]
     stored = {r["run_id"]: r for r in mlflow_runs(root)}
     experiment = client(root).get_experiment_by_name("imgclust")
-    with mlflow_server(store_uri(root), workdir=tmp_path,
-                       artifacts=["--default-artifact-root", (root / "mlruns" / "artifacts").as_uri()]) as url:
-        status, body = http_json(url + "/api/2.0/mlflow/runs/search",
-                                 {"experiment_ids": [experiment.experiment_id], "max_results": 1000})
+    with mlflow_server(
+        store_uri(root),
+        workdir=tmp_path,
+        artifacts=["--default-artifact-root", (root / "mlruns" / "artifacts").as_uri()],
+    ) as url:
+        status, body = http_json(
+            url + "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment.experiment_id], "max_results": 1000}
+        )
         assert status == 200, body
         runs = json.loads(body)["runs"]
         assert {r["info"]["run_id"] for r in runs} == set(stored)
@@ -307,16 +338,19 @@ def test_tracking_server_rest_api_lists_the_runs(sweep, tmp_path):
             assert run["info"]["status"] == "FINISHED"
         assert pipeline_seen == 1 + len(sweep["new_runs"])
 
-        status, body = http_json(url + "/api/2.0/mlflow/runs/search",
-                                 {"experiment_ids": [experiment.experiment_id],
-                                  "filter": "params.`train.kmeans.n_clusters` = '4'"})
+        status, body = http_json(
+            url + "/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [experiment.experiment_id], "filter": "params.`train.kmeans.n_clusters` = '4'"},
+        )
         assert status == 200, body
         filtered = json.loads(body)["runs"]
         assert [r["info"]["run_id"] for r in filtered] == [
-            run_id for run_id, r in stored.items() if r["params"].get("train.kmeans.n_clusters") == "4"]
+            run_id for run_id, r in stored.items() if r["params"].get("train.kmeans.n_clusters") == "4"
+        ]
 
 
 # ---------------------------------------------------------------------------------------- 5. model serving
+
 
 def test_models_serve_champion_matches_the_pipeline(sweep, tmp_path):
     root = sweep["root"]
@@ -325,17 +359,30 @@ def test_models_serve_champion_matches_the_pipeline(sweep, tmp_path):
     files = sorted(expected)[::7]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [tool("mlflow"), "models", "serve", "-m", "models:/imgclust@champion", "--env-manager", "local",
-            "-h", "127.0.0.1", "-p", str(port)]
+    args = [
+        tool("mlflow"),
+        "models",
+        "serve",
+        "-m",
+        "models:/imgclust@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
     env = server_env(MLFLOW_TRACKING_URI=store_uri(root))
     log = tmp_path / "serve.log"
     with server_process(args, ready_url=f"{url}/ping", log=log, cwd=tmp_path, env=env):
         paths = [[str(root / "data" / "augmented" / name)] for name in files]
-        status, body = http_json(url + "/invocations", {"dataframe_split": {"columns": ["path"], "data": paths}},
-                                 timeout=60)
+        status, body = http_json(
+            url + "/invocations", {"dataframe_split": {"columns": ["path"], "data": paths}}, timeout=60
+        )
         assert status == 200, f"{body}\n{log_tail(log)}"
         assert json.loads(body)["predictions"] == [expected[name] for name in files]
 
-        status, body = http_json(url + "/invocations",
-                                 {"dataframe_split": {"columns": ["path"], "data": [[str(tmp_path / "missing.png")]]}})
+        status, body = http_json(
+            url + "/invocations", {"dataframe_split": {"columns": ["path"], "data": [[str(tmp_path / "missing.png")]]}}
+        )
         assert status >= 400, body

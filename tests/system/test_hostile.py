@@ -36,8 +36,14 @@ def test_a_dollar_in_the_source_path_is_taken_literally(tmp_path, synthetic_data
 
 
 def test_shell_text_in_the_weights_runs_nothing(tmp_path):
-    root = make_project(tmp_path / "project", synthesize__n_images=30, resize__width=32, resize__height=32,
-                        featurize__method="cnn", featurize__cnn__weights="imagenet; touch PWNED; echo")
+    root = make_project(
+        tmp_path / "project",
+        synthesize__n_images=30,
+        resize__width=32,
+        resize__height=32,
+        featurize__method="cnn",
+        featurize__cnn__weights="imagenet; touch PWNED; echo",
+    )
     failed = sh("dvc", "repro", "featurize", cwd=root, check=False)
     assert failed.returncode != 0
     assert "weights file" in failed.stdout + failed.stderr

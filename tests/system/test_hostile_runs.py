@@ -32,13 +32,21 @@ from support.servers import free_port
 DEADLINE_S = 30
 
 
-def _run(args: list[str], cwd: Path, timeout: float = DEADLINE_S, fifos: tuple[Path, ...] = (),
-         **extra_env: str) -> tuple[subprocess.CompletedProcess | None, float]:
+def _run(
+    args: list[str], cwd: Path, timeout: float = DEADLINE_S, fifos: tuple[Path, ...] = (), **extra_env: str
+) -> tuple[subprocess.CompletedProcess | None, float]:
     """Run a command in a session of its own; (result or None when it ran past ``timeout``, seconds).
     A command past its time is killed as a group (its pool workers too) after unblocking ``fifos``."""
     start = time.monotonic()
-    proc = subprocess.Popen(args, cwd=cwd, env=env(**extra_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env(**extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -79,8 +87,9 @@ def _store_runs(root: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory) -> dict:
     """A real project after ``dvc repro``: one pipeline run (and its model) in its store."""
-    root = make_project(tmp_path_factory.mktemp("hostile") / "project", synthesize__n_images=36,
-                        resize__width=32, resize__height=32)
+    root = make_project(
+        tmp_path_factory.mktemp("hostile") / "project", synthesize__n_images=36, resize__width=32, resize__height=32
+    )
     sh("dvc", "repro", cwd=root)
     run = json.loads((root / "evaluation" / "mlflow_run.json").read_text())
     return {"root": root, "run_id": run["run_id"]}
@@ -95,8 +104,20 @@ def test_ingest_with_a_fifo_in_the_source_finishes_within_30_s_naming_it(tmp_pat
     fifo = source / "benign" / "a.png"
     os.mkfifo(fifo)
     write_params(tmp_path, data__source=str(source))
-    result, elapsed = _run([*imgclust_bin(), "ingest", "--out", "data/raw", "--manifest", "data/manifests/raw.csv",
-                            "--report", "reports/ingest.json"], tmp_path, fifos=(fifo,))
+    result, elapsed = _run(
+        [
+            *imgclust_bin(),
+            "ingest",
+            "--out",
+            "data/raw",
+            "--manifest",
+            "data/manifests/raw.csv",
+            "--report",
+            "reports/ingest.json",
+        ],
+        tmp_path,
+        fifos=(fifo,),
+    )
     assert result is not None, f"imgclust ingest hung on {fifo} (killed after {DEADLINE_S} s)"
     assert result.returncode == 0, result.stderr
     assert "benign/a.png" in result.stderr and "FIFO" in result.stderr
@@ -115,8 +136,20 @@ def test_predict_with_a_fifo_writes_the_good_images(tmp_path, pipeline):
     named = tmp_path / "b.png"
     os.mkfifo(named)
     out = tmp_path / "out.csv"
-    result, _ = _run([*imgclust_bin(), "predict", str(folder), str(named), "--model",
-                      f"runs:/{pipeline['run_id']}/image_model", "-o", str(out)], pipeline["root"], fifos=(fifo, named))
+    result, _ = _run(
+        [
+            *imgclust_bin(),
+            "predict",
+            str(folder),
+            str(named),
+            "--model",
+            f"runs:/{pipeline['run_id']}/image_model",
+            "-o",
+            str(out),
+        ],
+        pipeline["root"],
+        fifos=(fifo, named),
+    )
     assert result is not None, f"imgclust predict hung on a FIFO (killed after {DEADLINE_S} s)"
     assert result.returncode == 0, result.stderr
     rows = {row["path"]: row for row in read_csv(out)}
@@ -145,8 +178,11 @@ def _can_mount_tmpfs(where: Path) -> bool:
     where.mkdir(exist_ok=True)
     if not shutil.which("unshare"):
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k tmpfs {shlex.quote(str(where))}"],
-                           capture_output=True, timeout=30)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=16k tmpfs {shlex.quote(str(where))}"],
+        capture_output=True,
+        timeout=30,
+    )
     return probe.returncode == 0
 
 
@@ -155,23 +191,41 @@ def test_featurize_on_a_full_tmpfs_names_the_file_and_leaves_no_process(tmp_path
     kernel allows unprivileged user namespaces) under a feature store of 64 x 1024 bytes."""
     small = tmp_path / "small"
     if not _can_mount_tmpfs(small):
-        pytest.skip("no unprivileged tmpfs mount here (unshare -rm); tests/unit/test_hostile_inputs.py "
-                    "covers the full disk with a write that raises ENOSPC")
+        pytest.skip(
+            "no unprivileged tmpfs mount here (unshare -rm); tests/unit/test_hostile_inputs.py "
+            "covers the full disk with a write that raises ENOSPC"
+        )
     images, rows = tmp_path / "augmented", []
     for i in range(64):
         cls = ("benign", "malignant", "normal")[i % 3]
         _image(images / cls / f"{i}.png", i)
-        rows.append({"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png",
-                     "op": "none"})
+        rows.append(
+            {"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png", "op": "none"}
+        )
     write_csv(tmp_path / "augmented.csv", rows, ("path", "class", "split", "source", "op"))
     write_params(tmp_path, featurize__method="pixels", featurize__batch_size=8)
-    script = (f"mount -t tmpfs -o size=16k tmpfs {shlex.quote(str(small))} && exec "
-              + shlex.join([*imgclust_bin(), "featurize", "--in", str(images), "--manifest",
-                            str(tmp_path / "augmented.csv"), "--out", str(small / "features")]))
+    script = f"mount -t tmpfs -o size=16k tmpfs {shlex.quote(str(small))} && exec " + shlex.join(
+        [
+            *imgclust_bin(),
+            "featurize",
+            "--in",
+            str(images),
+            "--manifest",
+            str(tmp_path / "augmented.csv"),
+            "--out",
+            str(small / "features"),
+        ]
+    )
     # output to files, not pipes: workers orphaned by a crash would hold pipes open
     with open(tmp_path / "out.log", "wb") as out, open(tmp_path / "err.log", "wb") as err:
-        proc = subprocess.Popen(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, env=env(), stdout=out,
-                                stderr=err, start_new_session=True)
+        proc = subprocess.Popen(
+            ["unshare", "-rm", "sh", "-c", script],
+            cwd=tmp_path,
+            env=env(),
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
     try:
         returncode = proc.wait(120)
         stderr = (tmp_path / "err.log").read_text(errors="replace")
@@ -199,8 +253,14 @@ def _evaluate_cmd(root: Path) -> list[str]:
 def test_a_killed_evaluate_run_is_marked_failed_by_the_next_pipeline_run(pipeline):
     root = pipeline["root"]
     before = set(_store_runs(root))
-    proc = subprocess.Popen(_evaluate_cmd(root), cwd=root, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _evaluate_cmd(root),
+        cwd=root,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline, killed = time.monotonic() + 180, None
         while time.monotonic() < deadline and proc.poll() is None:
@@ -265,8 +325,9 @@ def test_an_unreachable_tracking_server_fails_within_30_s(tmp_path, server):
     write_params(tmp_path)
     with contextlib.ExitStack() as stack:
         port = _refused_port() if server == "refusing" else stack.enter_context(_silent_server())
-        result, elapsed = _run([*imgclust_bin(), "compare"], tmp_path, timeout=120,
-                               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}")
+        result, elapsed = _run(
+            [*imgclust_bin(), "compare"], tmp_path, timeout=120, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}"
+        )
     assert result is not None and elapsed < DEADLINE_S, f"took {elapsed:.0f} s"
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
@@ -288,12 +349,15 @@ def test_predict_does_not_load_a_model_folder_without_trust(tmp_path):
     folder = tmp_path / "evil"
     folder.mkdir()
     (folder / "python_model.pkl").write_bytes(pickle.dumps(_Payload(marker), protocol=4))
-    (folder / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n"
-                                    "    python_model: python_model.pkl\n    python_version: 3.11.0\n")
+    (folder / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n"
+        "    python_model: python_model.pkl\n    python_version: 3.11.0\n"
+    )
     image = _image(tmp_path / "x.png", 0)
     write_params(tmp_path)
-    result, _ = _run([*imgclust_bin(), "predict", str(image), "--model", str(folder), "-o", str(tmp_path / "o.csv")],
-                     tmp_path)
+    result, _ = _run(
+        [*imgclust_bin(), "predict", str(image), "--model", str(folder), "-o", str(tmp_path / "o.csv")], tmp_path
+    )
     assert result is not None and result.returncode == 2, result
     assert "--trust" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists(), "the crafted python_model.pkl was unpickled"

@@ -41,8 +41,9 @@ def _tmp_siblings(path: Path) -> list[Path]:
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     # a session of its own, so the whole tree (the command and its worker processes) can be signalled,
     # as a terminal's Ctrl-C signals its foreground process group
-    return subprocess.Popen(args, cwd=cwd, env=env(), start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        args, cwd=cwd, env=env(), start_new_session=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def _interrupt_mid_stage(proc: subprocess.Popen, out: Path, sig: int, timeout: float = 120) -> int:
@@ -72,8 +73,11 @@ def _session_alive(sid: int, grace_s: float = 10) -> bool:
     def alive() -> bool:
         for entry in Path("/proc").iterdir():
             try:
-                if entry.name.isdigit() and os.getsid(int(entry.name)) == sid \
-                        and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                if (
+                    entry.name.isdigit()
+                    and os.getsid(int(entry.name)) == sid
+                    and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+                ):
                     return True
             except (ProcessLookupError, FileNotFoundError, PermissionError):
                 continue
@@ -111,8 +115,9 @@ def test_sigint_mid_resize_leaves_neither_output_nor_temporary_folder(many_image
 
 def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_succeeds(many_images, tmp_path):
     out = tmp_path / "data" / "resized"
-    subprocess.run(_resize_args(many_images, out, 32, tmp_path), cwd=tmp_path, check=True, capture_output=True,
-                   env=env())
+    subprocess.run(
+        _resize_args(many_images, out, 32, tmp_path), cwd=tmp_path, check=True, capture_output=True, env=env()
+    )
     before = tree_hashes(out)
     assert len(before) == N_IMAGES
 
@@ -124,8 +129,9 @@ def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_succeeds(
     stale = _tmp_siblings(out)
     assert len(stale) == 1 and len(list(stale[0].rglob("*.png"))) < N_IMAGES  # killed: no cleanup ran
 
-    subprocess.run(_resize_args(many_images, out, 48, tmp_path), cwd=tmp_path, check=True, capture_output=True,
-                   env=env())
+    subprocess.run(
+        _resize_args(many_images, out, 48, tmp_path), cwd=tmp_path, check=True, capture_output=True, env=env()
+    )
     assert len(list(out.rglob("*.png"))) == N_IMAGES and _sizes(out) == {(48, 48)}
     # the stale folder sits beside the output, never inside it
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
@@ -133,8 +139,9 @@ def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_succeeds(
 
 def test_stale_temporary_folders_of_killed_runs_are_cleaned(tmp_path):
     out = tmp_path / "resized"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     stale = tmp_path / f".resized.tmp-{int(dead.stdout)}"
     (stale / "a").mkdir(parents=True)
     (stale / "a" / "half.png").write_bytes(b"\x89PNG")

@@ -44,18 +44,40 @@ def test_console_script_runs_the_model_stages(synthetic_dataset, tmp_path):
     its values from the working folder's params.yaml (what evaluate's in-process tests check in
     detail, here from a fresh process)."""
     work = tmp_path / "project"
-    write_params(work, featurize__method="pixels", featurize__batch_size=16, train__pca__n_components=5,
-                 train__kmeans__n_clusters=3, evaluate__thumbnails=3)
+    write_params(
+        work,
+        featurize__method="pixels",
+        featurize__batch_size=16,
+        train__pca__n_components=5,
+        train__kmeans__n_clusters=3,
+        evaluate__thumbnails=3,
+    )
     data = run_data_stages(work / "data", synthetic_dataset)
-    proc = run_installed("featurize", "--in", str(data["images"]), "--manifest", str(data["manifest"]),
-                         "--out", "features", cwd=work)
+    proc = run_installed(
+        "featurize", "--in", str(data["images"]), "--manifest", str(data["manifest"]), "--out", "features", cwd=work
+    )
     assert "featurize (pixels): " in proc.stdout and "1024 uint8" in proc.stdout
     proc = run_installed("train", "--features", "features", "--out", "models/model.joblib", cwd=work)
     assert "train: scale -> pca -> kmeans on " in proc.stdout
-    proc = run_installed("evaluate", "--features", "features", "--model", "models/model.joblib",
-                         "--images", str(data["images"]), "--metrics", "evaluation/metrics.json",
-                         "--plots", "evaluation/plots", "--predictions", "evaluation/predictions.csv",
-                         "--run-info", "evaluation/mlflow_run.json", "--no-mlflow", cwd=work)
+    proc = run_installed(
+        "evaluate",
+        "--features",
+        "features",
+        "--model",
+        "models/model.joblib",
+        "--images",
+        str(data["images"]),
+        "--metrics",
+        "evaluation/metrics.json",
+        "--plots",
+        "evaluation/plots",
+        "--predictions",
+        "evaluation/predictions.csv",
+        "--run-info",
+        "evaluation/mlflow_run.json",
+        "--no-mlflow",
+        cwd=work,
+    )
     assert "evaluate train: ARI " in proc.stdout and "evaluate test: ARI " in proc.stdout
     assert "mlflow" not in proc.stdout
 

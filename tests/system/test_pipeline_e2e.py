@@ -111,8 +111,10 @@ def test_changing_augment_reruns_only_from_augment(project):
 STAGES = list(yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"])
 # source files each stage imports, whose edit must make the stage out of date: a core module and
 # the config every stage imports, and the stage's own module (evaluate: also the MLflow names)
-STAGE_SOURCES = {stage: ["src/imgclust/core/fsutil.py", "src/imgclust/config.py", f"src/imgclust/stages/{stage}.py"]
-                 for stage in STAGES}
+STAGE_SOURCES = {
+    stage: ["src/imgclust/core/fsutil.py", "src/imgclust/config.py", f"src/imgclust/stages/{stage}.py"]
+    for stage in STAGES
+}
 STAGE_SOURCES["evaluate"].append("src/imgclust/tracking/naming.py")
 
 
@@ -157,8 +159,9 @@ def test_synthesize_params_do_not_matter_when_the_source_is_elsewhere(tmp_path, 
     synthesize.n_images reruns synthesize alone, and evaluate logs no new MLflow run."""
     source = tmp_path / "dataset"
     shutil.copytree(synthetic_dataset, source)
-    root = make_project(tmp_path / "project", data__source=str(source), synthesize__n_images=36,
-                        resize__width=48, resize__height=48)
+    root = make_project(
+        tmp_path / "project", data__source=str(source), synthesize__n_images=36, resize__width=48, resize__height=48
+    )
     first = sh("dvc", "repro", cwd=root).stdout
     assert "evaluate" in ran_stages(first)
     (run,) = mlflow_runs(root)
@@ -172,7 +175,7 @@ def test_synthesize_params_do_not_matter_when_the_source_is_elsewhere(tmp_path, 
     assert set(changed_stages(root)) == {"synthesize"}
     again = sh("dvc", "repro", cwd=root).stdout
     assert ran_stages(again) == {"synthesize"}, again
-    for stage in STAGES[STAGES.index("ingest"):]:
+    for stage in STAGES[STAGES.index("ingest") :]:
         assert f"Stage '{stage}' didn't change, skipping" in again, (stage, again)
     assert [r["run_id"] for r in mlflow_runs(root)] == [run["run_id"]]
     assert changed_stages(root) == {}

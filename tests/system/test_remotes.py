@@ -92,18 +92,27 @@ def s3(tmp_path_factory, aws_isolated) -> dict:
     args = [moto] if Path(moto).is_absolute() else [sys.executable, "-m", "moto.server"]
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with server_process([*args, "-H", "127.0.0.1", "-p", str(port)], ready_url=f"{endpoint}/moto-api/", log=log):
-        bootstrap = {"endpoint_url": endpoint, "region_name": "us-east-1",
-                     "aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap"}
+        bootstrap = {
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "bootstrap",
+            "aws_secret_access_key": "bootstrap",
+        }
         iam = boto3.client("iam", **bootstrap)
         iam.create_user(UserName="dvc")
-        iam.put_user_policy(UserName="dvc", PolicyName="dvc-store", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        iam.put_user_policy(
+            UserName="dvc",
+            PolicyName="dvc-store",
+            PolicyDocument=json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+            ),
+        )
         key = iam.create_access_key(UserName="dvc")["AccessKey"]
         boto3.client("s3", **bootstrap).create_bucket(Bucket=BUCKET)
         # from now on every request must be signed by a key moto's IAM knows
-        status, body = http(f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST",
-                            headers={"Content-Type": "text/plain"})
+        status, body = http(
+            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+        )
         assert status == 200, body
         yield {"endpoint": endpoint, "key_id": key["AccessKeyId"], "secret": key["SecretAccessKey"]}
 
@@ -193,8 +202,7 @@ def test_committed_config_holds_no_credentials_or_machine_paths(history, s3):
     committed = sh("git", "show", "HEAD:.dvc/config", cwd=a).stdout
     assert S3_URL in committed and "remote = s3" in committed
     local = (a / ".dvc" / "config.local").read_text()
-    secrets = [s3["key_id"], s3["secret"], s3["endpoint"], "127.0.0.1", str(history["folder"]),
-               str(history["base"])]
+    secrets = [s3["key_id"], s3["secret"], s3["endpoint"], "127.0.0.1", str(history["folder"]), str(history["base"])]
     assert all(s in local for s in secrets[:5])  # they exist, in the right place
     for text in (committed, sh("git", "log", "-p", "--all", cwd=a).stdout):
         leaked = [s for s in secrets if s in text]

@@ -72,7 +72,14 @@ def test_unknown_run_is_a_clear_error(colleague, tmp_path):
 def test_non_empty_workdir_is_refused_before_cloning(colleague, tmp_path):
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "keep.txt").write_text("mine")
-    proc = sh("imgclust", "reproduce", colleague["run"]["run_id"], "--workdir", str(tmp_path / "busy"),
-              cwd=colleague["root"], check=False)
+    proc = sh(
+        "imgclust",
+        "reproduce",
+        colleague["run"]["run_id"],
+        "--workdir",
+        str(tmp_path / "busy"),
+        cwd=colleague["root"],
+        check=False,
+    )
     assert proc.returncode == 2 and "not an empty folder" in proc.stderr
     assert [p.name for p in (tmp_path / "busy").iterdir()] == ["keep.txt"]

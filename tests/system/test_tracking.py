@@ -33,13 +33,25 @@ from support.paths import REPO
 SIZE = 32
 OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
 ENV_VARS = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV")
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.com",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.com",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
 
 
 def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-c", "commit.gpgsign=false", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True, env={**os.environ, **GIT_ENV}).stdout.strip()
+    return subprocess.run(
+        ["git", "-c", "commit.gpgsign=false", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV},
+    ).stdout.strip()
 
 
 def lock_with_params(base_lock: dict, params: dict) -> dict:
@@ -108,17 +120,35 @@ def e2e(synthetic_dataset, fake_dvc_lock, tmp_path_factory):
     params["evaluate"]["thumbnails"] = 3
     params["mlflow"]["experiment_name"] = "imgclust-e2e"
     augment_params = params["augment"]
-    write_json(reports / "ingest.json",
-               ingest(synthetic_dataset, data / "raw", data / "raw.csv", workers=1).to_dict())
+    write_json(reports / "ingest.json", ingest(synthetic_dataset, data / "raw", data / "raw.csv", workers=1).to_dict())
     write_json(reports / "strip_masks.json", strip_masks(data / "raw", data / "stripped", ["*_mask*.png"]))
     resize_images(data / "stripped", data / "resized", SIZE, SIZE, "gray", "lanczos", workers=1)
     write_csv(data / "split.csv", split_rows(list_images(data / "resized"), 0.25, 0), SPLIT_FIELDS)
-    write_json(reports / "augment.json", augment(
-        data / "resized", data / "split.csv", data / "augmented", data / "augmented.csv", protocol="honest",
-        ops=OPS, target=augment_params["target"], seed=augment_params["seed"],
-        tutorial_ops=augment_params["tutorial_ops"], test_size=0.25, split_seed=0, workers=1))
-    featurize(data / "augmented", data / "augmented.csv", data / "features", method="pixels", cnn_params={},
-              batch_size=params["featurize"]["batch_size"])
+    write_json(
+        reports / "augment.json",
+        augment(
+            data / "resized",
+            data / "split.csv",
+            data / "augmented",
+            data / "augmented.csv",
+            protocol="honest",
+            ops=OPS,
+            target=augment_params["target"],
+            seed=augment_params["seed"],
+            tutorial_ops=augment_params["tutorial_ops"],
+            test_size=0.25,
+            split_seed=0,
+            workers=1,
+        ),
+    )
+    featurize(
+        data / "augmented",
+        data / "augmented.csv",
+        data / "features",
+        method="pixels",
+        cnn_params={},
+        batch_size=params["featurize"]["batch_size"],
+    )
 
     project = tmp / "project"
     lock = lock_with_params(fake_dvc_lock[0], params)
@@ -146,16 +176,47 @@ def e2e(synthetic_dataset, fake_dvc_lock, tmp_path_factory):
     model = tmp / "models" / "model.joblib"
     cli("train", "--features", str(data / "features"), "--out", str(model))
     evaluation = project / "evaluation"
-    out = {"metrics": evaluation / "metrics.json", "plots": evaluation / "plots",
-           "predictions": evaluation / "predictions.csv", "run_info": evaluation / "mlflow_run.json"}
-    proc = cli("evaluate", "--features", str(data / "features"), "--model", str(model),
-               "--images", str(data / "augmented"),
-               "--metrics", str(out["metrics"]), "--plots", str(out["plots"]),
-               "--predictions", str(out["predictions"]), "--run-info", str(out["run_info"]),
-               "--report", str(reports / "ingest.json"),
-               "--report", str(reports / "strip_masks.json"), "--report", str(reports / "augment.json"))
-    return {"tmp": tmp, "data": data, "project": project, "params": params, "params_yaml": params_yaml,
-            "env": env, "stdout": proc.stdout, "uri": env["MLFLOW_TRACKING_URI"], "model": model, **out}
+    out = {
+        "metrics": evaluation / "metrics.json",
+        "plots": evaluation / "plots",
+        "predictions": evaluation / "predictions.csv",
+        "run_info": evaluation / "mlflow_run.json",
+    }
+    proc = cli(
+        "evaluate",
+        "--features",
+        str(data / "features"),
+        "--model",
+        str(model),
+        "--images",
+        str(data / "augmented"),
+        "--metrics",
+        str(out["metrics"]),
+        "--plots",
+        str(out["plots"]),
+        "--predictions",
+        str(out["predictions"]),
+        "--run-info",
+        str(out["run_info"]),
+        "--report",
+        str(reports / "ingest.json"),
+        "--report",
+        str(reports / "strip_masks.json"),
+        "--report",
+        str(reports / "augment.json"),
+    )
+    return {
+        "tmp": tmp,
+        "data": data,
+        "project": project,
+        "params": params,
+        "params_yaml": params_yaml,
+        "env": env,
+        "stdout": proc.stdout,
+        "uri": env["MLFLOW_TRACKING_URI"],
+        "model": model,
+        **out,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -200,9 +261,15 @@ def test_e2e_params_are_the_flattened_params_yaml(e2e, logged):
 def test_e2e_metrics_equal_metrics_json(e2e, logged):
     run = logged[2][0]
     metrics = json.loads(e2e["metrics"].read_text())
-    expected = {f"{split}_{name}": float(value) for split, values in metrics.items()
-                for name, value in values.items() if value is not None}
-    assert {"train_ari", "test_ari", "train_nmi", "test_nmi", "test_cluster_accuracy", "test_n_samples"} <= set(expected)
+    expected = {
+        f"{split}_{name}": float(value)
+        for split, values in metrics.items()
+        for name, value in values.items()
+        if value is not None
+    }
+    assert {"train_ari", "test_ari", "train_nmi", "test_nmi", "test_cluster_accuracy", "test_n_samples"} <= set(
+        expected
+    )
     assert run.data.metrics == pytest.approx(expected, rel=1e-12)
 
 
@@ -215,8 +282,14 @@ def test_e2e_artifacts(e2e, logged):
             yield from (listing(item.path) if item.is_dir else [item.path])
 
     files = set(listing())
-    expected = {"plots/contingency.png", "plots/scatter.png", "plots/thumbnails.png", "metrics.json",
-                "predictions.csv", "summary.json"}
+    expected = {
+        "plots/contingency.png",
+        "plots/scatter.png",
+        "plots/thumbnails.png",
+        "metrics.json",
+        "predictions.csv",
+        "summary.json",
+    }
     assert expected <= files, sorted(files)
     # MLflow 3 stores models as logged models linked to the run (runs:/<id>/<name> resolves to them)
     models = client.search_logged_models(experiment_ids=[logged_runs[0].info.experiment_id])
@@ -255,8 +328,12 @@ def test_e2e_logged_models_predict_like_predictions_csv(e2e, logged):
     test_rows = [i for i, p in enumerate(predictions) if p["split"] == "test"]
     assert len(test_rows) >= 3
     expected = [int(predictions[i]["cluster"]) for i in test_rows]
-    request = {"run_id": run_id, "features": str(e2e["data"] / "features" / "features.npy"), "rows": test_rows,
-               "paths": [str(e2e["data"] / "augmented" / predictions[i]["file"]) for i in test_rows]}
+    request = {
+        "run_id": run_id,
+        "features": str(e2e["data"] / "features" / "features.npy"),
+        "rows": test_rows,
+        "paths": [str(e2e["data"] / "augmented" / predictions[i]["file"]) for i in test_rows],
+    }
     (e2e["tmp"] / "request.json").write_text(json.dumps(request))
     script = textwrap.dedent("""
         import json, sys
@@ -272,8 +349,14 @@ def test_e2e_logged_models_predict_like_predictions_csv(e2e, logged):
                "image_model": np.asarray(images.predict(pd.DataFrame({"path": request["paths"]}))).ravel().tolist()}
         print("RESULT " + json.dumps(out))
     """)
-    proc = subprocess.run([sys.executable, "-c", script, str(e2e["tmp"] / "request.json")], cwd=e2e["tmp"],
-                          env=e2e["env"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(e2e["tmp"] / "request.json")],
+        cwd=e2e["tmp"],
+        env=e2e["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result["model"] == expected

@@ -34,8 +34,11 @@ def api(url: str, endpoint: str, body: dict | None = None, query: str = "") -> d
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("mlflow-server")
-    with mlflow_server(f"sqlite:///{home / 'mlflow.db'}", workdir=home,
-                       artifacts=["--serve-artifacts", "--artifacts-destination", str(home / "artifacts")]) as url:
+    with mlflow_server(
+        f"sqlite:///{home / 'mlflow.db'}",
+        workdir=home,
+        artifacts=["--serve-artifacts", "--artifacts-destination", str(home / "artifacts")],
+    ) as url:
         yield {"url": url, "home": home}
 
 
@@ -100,8 +103,10 @@ def test_image_model_loads_from_the_server_in_a_fresh_process(served, server, tm
     with open(root / "evaluation" / "predictions.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "test"][:4]
     assert rows
-    request = {"uri": f"runs:/{run_id}/image_model",
-               "paths": [str(root / "data" / "augmented" / r["file"]) for r in rows]}
+    request = {
+        "uri": f"runs:/{run_id}/image_model",
+        "paths": [str(root / "data" / "augmented" / r["file"]) for r in rows],
+    }
     script = textwrap.dedent("""
         import json, sys
         import mlflow.pyfunc, pandas as pd
@@ -109,9 +114,14 @@ def test_image_model_loads_from_the_server_in_a_fresh_process(served, server, tm
         model = mlflow.pyfunc.load_model(request["uri"])
         print(json.dumps([int(c) for c in model.predict(pd.DataFrame({"path": request["paths"]}))]))
     """)
-    proc = subprocess.run([sys.executable, "-c", script, json.dumps(request)], cwd=tmp_path,
-                          env=env(MLFLOW_TRACKING_URI=server["url"]),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(request)],
+        cwd=tmp_path,
+        env=env(MLFLOW_TRACKING_URI=server["url"]),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [int(r["cluster"]) for r in rows]
     assert not list(tmp_path.rglob("mlruns"))
@@ -119,6 +129,10 @@ def test_image_model_loads_from_the_server_in_a_fresh_process(served, server, tm
 
 def test_server_refuses_unknown_host_headers(server):
     # MLflow 3's DNS-rebinding guard: a team server reached by name needs --allowed-hosts
-    assert http(f"{server['url']}/api/2.0/mlflow/experiments/search?max_results=1",
-                headers={"Host": "mlflow.example.com"})[0] == 403
+    assert (
+        http(
+            f"{server['url']}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": "mlflow.example.com"}
+        )[0]
+        == 403
+    )
     assert http(f"{server['url']}/api/2.0/mlflow/experiments/search?max_results=1")[0] == 200

@@ -53,8 +53,7 @@ def _alive(pid: int) -> bool:
 def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
     # a session of its own: whatever is left of it can be cleaned up as one group afterwards
     with open(log, "wb") as out:
-        return subprocess.Popen(args, cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(args, cwd=cwd, env=env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _wait_for_workers(proc: subprocess.Popen, is_worker, log: Path, timeout: float = 120) -> set[int]:
@@ -64,8 +63,10 @@ def _wait_for_workers(proc: subprocess.Popen, is_worker, log: Path, timeout: flo
         if workers:
             return workers
         if proc.poll() is not None:
-            raise AssertionError(f"the stage ended ({proc.returncode}) before its pool was seen:\n"
-                                 f"{log.read_text(errors='replace')[-3000:]}")
+            raise AssertionError(
+                f"the stage ended ({proc.returncode}) before its pool was seen:\n"
+                f"{log.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.02)
     raise AssertionError(f"no pool worker seen within {timeout} s")
 
@@ -99,8 +100,10 @@ def test_forked_pool_workers_die_with_a_killed_stage(tmp_path):
         time.sleep(0.5)  # the workers are at work
         assert _alive(proc.pid), "the stage finished before it could be killed; give it more images"
         survivors = _kill_parent_and_wait(proc, workers)
-        assert not survivors, (f"pool workers {sorted(survivors)} outlived their killed parent by "
-                               f"{GONE_WITHIN_S} s: {[_cmdline(p) for p in survivors]}")
+        assert not survivors, (
+            f"pool workers {sorted(survivors)} outlived their killed parent by "
+            f"{GONE_WITHIN_S} s: {[_cmdline(p) for p in survivors]}"
+        )
     finally:
         _cleanup(proc)
 
@@ -112,8 +115,9 @@ def _featurize_inputs(root: Path, n: int) -> tuple[Path, Path]:
         cls = ("benign", "malignant", "normal")[i % 3]
         (images / cls).mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(images / cls / f"{i}.png")
-        rows.append({"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png",
-                     "op": "none"})
+        rows.append(
+            {"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png", "op": "none"}
+        )
     write_csv(root / "augmented.csv", rows, ("path", "class", "split", "source", "op"))
     return images, root / "augmented.csv"
 
@@ -125,8 +129,20 @@ def test_spawned_pool_workers_die_with_a_killed_stage(tmp_path):
     images, manifest = _featurize_inputs(tmp_path, 1500)
     write_params(tmp_path, featurize__method="pixels", featurize__batch_size=8)
     log = tmp_path / "featurize.log"
-    proc = _start([*imgclust_bin(), "featurize", "--in", str(images), "--manifest", str(manifest),
-                   "--out", str(tmp_path / "features")], tmp_path, log)
+    proc = _start(
+        [
+            *imgclust_bin(),
+            "featurize",
+            "--in",
+            str(images),
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp_path / "features"),
+        ],
+        tmp_path,
+        log,
+    )
     try:
         _wait_for_workers(proc, lambda cmd: "spawn_main" in cmd, log)
         deadline = time.monotonic() + 180
@@ -139,7 +155,9 @@ def test_spawned_pool_workers_die_with_a_killed_stage(tmp_path):
         everything = _children(proc.pid)  # the workers and multiprocessing's resource tracker
         assert any("spawn_main" in _cmdline(pid) for pid in everything)
         survivors = _kill_parent_and_wait(proc, everything)
-        assert not survivors, (f"processes {sorted(survivors)} outlived their killed parent by "
-                               f"{GONE_WITHIN_S} s: {[_cmdline(p) for p in survivors]}")
+        assert not survivors, (
+            f"processes {sorted(survivors)} outlived their killed parent by "
+            f"{GONE_WITHIN_S} s: {[_cmdline(p) for p in survivors]}"
+        )
     finally:
         _cleanup(proc)

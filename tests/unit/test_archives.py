@@ -82,17 +82,19 @@ def test_busi_sample_as_a_zip_matches_the_folder(tmp_path):
 # ---------------------------------------------------------------------------------- hostile archives
 
 
-@pytest.mark.parametrize("member, reason", [
-    (tar_member("../evil.png"), "'..' leads outside"),
-    (tar_member("benign/../../evil.png"), "'..' leads outside"),
-    (tar_member("/tmp/imgclust-abs-evil.png"), "absolute path"),
-    (tar_member("benign/link.png", tarfile.SYMTYPE, "/etc/passwd"), "symlink to '/etc/passwd'"),
-    (tar_member("benign/up", tarfile.SYMTYPE, "../.."), "symlink to '../..'"),
-    (tar_member("benign/hard.png", tarfile.LNKTYPE, "../outside.png"), "hard link to '../outside.png'"),
-    (tar_member("benign/tty", tarfile.CHRTYPE), "not a regular file"),
-])
-def test_tar_members_leaving_the_target_are_refused_naming_them(tmp_path, dataset, member, reason,
-                                                                private_tmp):
+@pytest.mark.parametrize(
+    "member, reason",
+    [
+        (tar_member("../evil.png"), "'..' leads outside"),
+        (tar_member("benign/../../evil.png"), "'..' leads outside"),
+        (tar_member("/tmp/imgclust-abs-evil.png"), "absolute path"),
+        (tar_member("benign/link.png", tarfile.SYMTYPE, "/etc/passwd"), "symlink to '/etc/passwd'"),
+        (tar_member("benign/up", tarfile.SYMTYPE, "../.."), "symlink to '../..'"),
+        (tar_member("benign/hard.png", tarfile.LNKTYPE, "../outside.png"), "hard link to '../outside.png'"),
+        (tar_member("benign/tty", tarfile.CHRTYPE), "not a regular file"),
+    ],
+)
+def test_tar_members_leaving_the_target_are_refused_naming_them(tmp_path, dataset, member, reason, private_tmp):
     archive = tgz_folder(dataset, tmp_path / "dataset.tgz")
     append_tar_member(archive, member, b"evil")
     with pytest.raises(UnsafeArchiveError) as info:
@@ -126,14 +128,17 @@ def _zip_with(dataset: Path, archive: Path, name: str, data: bytes = b"evil", sy
     return archive
 
 
-@pytest.mark.parametrize("name, data, symlink, reason", [
-    ("../evil.png", b"evil", False, "'..' leads outside"),
-    ("benign/../../evil.png", b"evil", False, "'..' leads outside"),
-    ("/tmp/imgclust-abs-evil.png", b"evil", False, "absolute path"),
-    ("C:/evil.png", b"evil", False, "absolute path"),
-    ("benign/link.png", b"../../../etc/passwd", True, "symlink to '../../../etc/passwd'"),
-    ("benign/abs-link.png", b"/etc/passwd", True, "symlink to '/etc/passwd'"),
-])
+@pytest.mark.parametrize(
+    "name, data, symlink, reason",
+    [
+        ("../evil.png", b"evil", False, "'..' leads outside"),
+        ("benign/../../evil.png", b"evil", False, "'..' leads outside"),
+        ("/tmp/imgclust-abs-evil.png", b"evil", False, "absolute path"),
+        ("C:/evil.png", b"evil", False, "absolute path"),
+        ("benign/link.png", b"../../../etc/passwd", True, "symlink to '../../../etc/passwd'"),
+        ("benign/abs-link.png", b"/etc/passwd", True, "symlink to '/etc/passwd'"),
+    ],
+)
 def test_zip_slip_members_are_refused_naming_them(tmp_path, dataset, name, data, symlink, reason):
     archive = _zip_with(dataset, tmp_path / "dataset.zip", name, data, symlink)
     with pytest.raises(UnsafeArchiveError) as info:
@@ -186,8 +191,15 @@ def test_a_url_without_sha256_or_a_missing_file_is_refused(tmp_path, dataset, ht
 def test_cli_ingest_from_a_url(tmp_path, dataset, http_server):
     served, base = http_server
     archive = tgz_folder(dataset, served / "dataset.tar.gz")
-    args = ["ingest", "--out", str(tmp_path / "raw"), "--manifest", str(tmp_path / "raw.csv"),
-            "--report", str(tmp_path / "ingest.json")]
+    args = [
+        "ingest",
+        "--out",
+        str(tmp_path / "raw"),
+        "--manifest",
+        str(tmp_path / "raw.csv"),
+        "--report",
+        str(tmp_path / "ingest.json"),
+    ]
     write_params(tmp_path, data__source=f"{base}/dataset.tar.gz", data__sha256="f" * 64)
     refused = run_cli(*args, cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "sha256" in refused.stderr and "Traceback" not in refused.stderr

@@ -39,8 +39,15 @@ REFERENCE = {
 
 
 # augment() now takes every value explicitly; these are the values the tests leave unsaid
-AUGMENT_DEFAULTS = {"protocol": "honest", "ops": [], "target": "max", "seed": 0, "tutorial_ops": [],
-                    "test_size": 0.1, "split_seed": 0}
+AUGMENT_DEFAULTS = {
+    "protocol": "honest",
+    "ops": [],
+    "target": "max",
+    "seed": 0,
+    "tutorial_ops": [],
+    "test_size": 0.1,
+    "split_seed": 0,
+}
 
 
 def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, **values) -> dict:
@@ -187,10 +194,13 @@ def test_infeasible_target_names_augment_ops(tmp_path, resized):
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.csv").exists()
 
 
-@pytest.mark.parametrize("ops, match", [
-    (["rot180", "shear"], "shear"),
-    (["rot180", "rot180"], "repeat"),
-])
+@pytest.mark.parametrize(
+    "ops, match",
+    [
+        (["rot180", "shear"], "shear"),
+        (["rot180", "rot180"], "repeat"),
+    ],
+)
 def test_bad_ops_are_param_errors(tmp_path, resized, ops, match):
     src, split_csv, _ = resized
     with pytest.raises(ParamError, match=match):
@@ -224,8 +234,11 @@ def test_split_listing_an_image_missing_from_the_folder_is_an_input_error(tmp_pa
 
 
 def test_tutorial_plan_arithmetic_on_the_full_busi_counts():
-    items = [(f"{cls}/{cls} ({i}).png", cls)
-             for cls, n in {"benign": 437, "malignant": 210, "normal": 133}.items() for i in range(1, n + 1)]
+    items = [
+        (f"{cls}/{cls} ({i}).png", cls)
+        for cls, n in {"benign": 437, "malignant": 210, "normal": 133}.items()
+        for i in range(1, n + 1)
+    ]
     class_ops = parse_tutorial_ops(["malignant=rot180", "normal=rot180+flip_lr"])
     assert class_ops == {"malignant": ["rot180"], "normal": ["rot180", "flip_lr"]}
     plan = plan_tutorial(items, class_ops, test_size=0.1, seed=0)
@@ -233,8 +246,13 @@ def test_tutorial_plan_arithmetic_on_the_full_busi_counts():
     assert len(plan) == 437 + 2 * 210 + 3 * 133 == 1256
     assert Counter(r["class"] for r in plan) == {"benign": 437, "malignant": 420, "normal": 399}
     assert Counter((r["class"], r["op"]) for r in plan) == {
-        ("benign", "none"): 437, ("malignant", "none"): 210, ("malignant", "rot180"): 210,
-        ("normal", "none"): 133, ("normal", "rot180"): 133, ("normal", "flip_lr"): 133}
+        ("benign", "none"): 437,
+        ("malignant", "none"): 210,
+        ("malignant", "rot180"): 210,
+        ("normal", "none"): 133,
+        ("normal", "rot180"): 133,
+        ("normal", "flip_lr"): 133,
+    }
     n_test = sum(r["split"] == "test" for r in plan)
     assert n_test == math.ceil(0.1 * 1256) == 126
     assert len({r["path"] for r in plan}) == 1256
@@ -244,9 +262,17 @@ def test_tutorial_plan_arithmetic_on_the_full_busi_counts():
 def test_tutorial_protocol_materialises_the_recipe(tmp_path, resized):
     src, split_csv, split = resized
     out, manifest = tmp_path / "augmented", tmp_path / "augmented.csv"
-    result = augment(src, split_csv, out, manifest, protocol="tutorial",
-                     tutorial_ops=["malignant=rot180", "normal=rot180+flip_lr"],
-                     test_size=0.2, split_seed=0, workers=1)
+    result = augment(
+        src,
+        split_csv,
+        out,
+        manifest,
+        protocol="tutorial",
+        tutorial_ops=["malignant=rot180", "normal=rot180+flip_lr"],
+        test_size=0.2,
+        split_seed=0,
+        workers=1,
+    )
     rows = _read(manifest)
     assert Counter(r["class"] for r in rows) == {"benign": 10, "malignant": 12, "normal": 12}
     assert sum(r["split"] == "test" for r in rows) == math.ceil(0.2 * 34)
@@ -255,12 +281,15 @@ def test_tutorial_protocol_materialises_the_recipe(tmp_path, resized):
     _check_pixels(rows, src, out)
 
 
-@pytest.mark.parametrize("specs, match", [
-    (["rot180"], "class=op"),
-    (["=rot180"], "class=op"),
-    (["normal=rot180+blur"], "blur"),
-    (["normal=rot180+rot180"], "repeat"),
-])
+@pytest.mark.parametrize(
+    "specs, match",
+    [
+        (["rot180"], "class=op"),
+        (["=rot180"], "class=op"),
+        (["normal=rot180+blur"], "blur"),
+        (["normal=rot180+rot180"], "repeat"),
+    ],
+)
 def test_bad_tutorial_ops_are_param_errors(specs, match):
     with pytest.raises(ParamError, match=match):
         parse_tutorial_ops(specs)
@@ -269,28 +298,50 @@ def test_bad_tutorial_ops_are_param_errors(specs, match):
 def test_tutorial_ops_naming_an_absent_class(tmp_path, resized):
     src, split_csv, _ = resized
     with pytest.raises(ParamError, match="cancer"):
-        augment(src, split_csv, tmp_path / "o", tmp_path / "m.csv", protocol="tutorial",
-                tutorial_ops=["cancer=rot180"], workers=1)
+        augment(
+            src,
+            split_csv,
+            tmp_path / "o",
+            tmp_path / "m.csv",
+            protocol="tutorial",
+            tutorial_ops=["cancer=rot180"],
+            workers=1,
+        )
 
 
 # --------------------------------------------------------------------------------------------- CLI
 
 
 def _cli_paths(tmp_path: Path) -> dict[str, Path]:
-    return {"out": tmp_path / "augmented", "manifest": tmp_path / "m" / "augmented.csv",
-            "report": tmp_path / "reports" / "augment.json"}
+    return {
+        "out": tmp_path / "augmented",
+        "manifest": tmp_path / "m" / "augmented.csv",
+        "report": tmp_path / "reports" / "augment.json",
+    }
 
 
 def _cli_args(src: Path, split_csv: Path, paths: dict[str, Path]) -> list[str]:
-    return ["augment", "--in", str(src), "--split", str(split_csv), "--out", str(paths["out"]),
-            "--manifest", str(paths["manifest"]), "--report", str(paths["report"])]
+    return [
+        "augment",
+        "--in",
+        str(src),
+        "--split",
+        str(split_csv),
+        "--out",
+        str(paths["out"]),
+        "--manifest",
+        str(paths["manifest"]),
+        "--report",
+        str(paths["report"]),
+    ]
 
 
 def test_cli_honest_with_repeated_ops(tmp_path, resized):
     src, split_csv, split = resized
     paths = _cli_paths(tmp_path)
-    write_params(tmp_path, protocol="honest", augment__ops=["rot180", "flip_lr"], augment__target="max",
-                 augment__seed=2)
+    write_params(
+        tmp_path, protocol="honest", augment__ops=["rot180", "flip_lr"], augment__target="max", augment__seed=2
+    )
     proc = run_cli(*_cli_args(src, split_csv, paths), cwd=tmp_path)
     rows = _read(paths["manifest"])
     assert {r["op"] for r in rows} <= {"none", "rot180", "flip_lr"}
@@ -307,8 +358,9 @@ def test_cli_tutorial_ops_spelling(tmp_path, resized):
     """The tutorial protocol reads augment.tutorial_ops and its split from split.* of params.yaml."""
     src, split_csv, _ = resized
     paths = _cli_paths(tmp_path)
-    write_params(tmp_path, protocol="tutorial", augment__tutorial_ops=["malignant=rot180"],
-                 split__test_size=0.1, split__seed=1)
+    write_params(
+        tmp_path, protocol="tutorial", augment__tutorial_ops=["malignant=rot180"], split__test_size=0.1, split__seed=1
+    )
     run_cli(*_cli_args(src, split_csv, paths), cwd=tmp_path)
     rows = _read(paths["manifest"])
     assert Counter(r["class"] for r in rows) == {"benign": 10, "malignant": 12, "normal": 4}

@@ -86,9 +86,20 @@ def stages(corpus, tmp_path_factory):
     split = split_rows(list_images(work / "resized"), 0.1, 0)
     write_csv(work / "split.csv", split, SPLIT_FIELDS)
     out["split"] = split
-    out["augment"] = augment(work / "resized", work / "split.csv", work / "augmented", work / "augmented.csv",
-                             protocol="honest", ops=BALANCING_OPS, target="max", seed=0,
-                             tutorial_ops=TUTORIAL_OPS, test_size=0.1, split_seed=0, workers=1)
+    out["augment"] = augment(
+        work / "resized",
+        work / "split.csv",
+        work / "augmented",
+        work / "augmented.csv",
+        protocol="honest",
+        ops=BALANCING_OPS,
+        target="max",
+        seed=0,
+        tutorial_ops=TUTORIAL_OPS,
+        test_size=0.1,
+        split_seed=0,
+        workers=1,
+    )
     return out
 
 
@@ -101,7 +112,8 @@ def test_ingest_skip_corrupt_reports_corrupt_ignored_and_duplicates(corpus, stag
     assert set(report["ignored"]) == by_fate(expected, "ignored")
     dup_hash = hashlib.sha256((source / "benign/dup.png").read_bytes()).hexdigest()
     assert report["duplicates_across_classes"] == [
-        {"sha256": dup_hash, "paths": ["benign/dup.png", "malignant/dup copy.png"]}]
+        {"sha256": dup_hash, "paths": ["benign/dup.png", "malignant/dup copy.png"]}
+    ]
     # data/raw: every image and mask, byte for byte; nothing else
     kept = by_fate(expected, "image") | by_fate(expected, "mask")
     raw = work / "raw"
@@ -115,7 +127,9 @@ def test_ingest_skip_corrupt_reports_corrupt_ignored_and_duplicates(corpus, stag
 def test_strip_masks_keeps_images_with_or_without_masks(corpus, stages):
     _, expected = corpus
     stripped = stages["work"] / "stripped"
-    assert {p.relative_to(stripped).as_posix() for p in stripped.rglob("*") if p.is_file()} == by_fate(expected, "image")
+    assert {p.relative_to(stripped).as_posix() for p in stripped.rglob("*") if p.is_file()} == by_fate(
+        expected, "image"
+    )
     assert stages["strip"]["n_masks"] == len(by_fate(expected, "mask"))
 
 
@@ -152,8 +166,10 @@ def test_split_and_augment_keep_every_image_in_its_class(corpus, stages):
     plan = _read_csv(work / "augmented.csv")
     for row in plan:
         assert row["class"] == images[row["source"]], row
-        with Image.open(work / "augmented" / row["path"]) as copy, \
-                Image.open(work / "resized" / row["source"]) as original:
+        with (
+            Image.open(work / "augmented" / row["path"]) as copy,
+            Image.open(work / "resized" / row["source"]) as original,
+        ):
             op = row["op"]
             want = np.asarray(original) if op == "none" else apply_op(np.asarray(original), op)
             assert np.array_equal(np.asarray(copy), want), row

@@ -87,22 +87,37 @@ def gray_image(h: int, w: int, kind: int) -> np.ndarray:
 
 
 def rgb_image(h: int, w: int, kind: int) -> np.ndarray:
-    return np.stack([gray_image(h, w, kind), gray_image(h, w, (kind + 1) % 4),
-                     gray_image(h, w, (kind + 2) % 4)], axis=-1)
+    return np.stack(
+        [gray_image(h, w, kind), gray_image(h, w, (kind + 1) % 4), gray_image(h, w, (kind + 2) % 4)], axis=-1
+    )
 
 
 def mixed_images() -> list[np.ndarray]:
-    return [gray_image(64, 80, 0), rgb_image(100, 120, 1), gray_image(240, 200, 2), rgb_image(50, 50, 3),
-            gray_image(90, 90, 1)]
+    return [
+        gray_image(64, 80, 0),
+        rgb_image(100, 120, 1),
+        gray_image(240, 200, 2),
+        rgb_image(50, 50, 3),
+        gray_image(90, 90, 1),
+    ]
 
 
 # --- sklearn contract -----------------------------------------------------------------------------
 
+
 def test_init_only_stores_params():
-    ext = KerasFeatureExtractor(backbone="no-such-net", weights="x.h5", alpha=-3, input_size=5, pooling="mean",
-                                batch_size=0, progress=True)
-    assert ext.get_params() == {"backbone": "no-such-net", "weights": "x.h5", "alpha": -3, "input_size": 5,
-                                "pooling": "mean", "batch_size": 0, "progress": True}
+    ext = KerasFeatureExtractor(
+        backbone="no-such-net", weights="x.h5", alpha=-3, input_size=5, pooling="mean", batch_size=0, progress=True
+    )
+    assert ext.get_params() == {
+        "backbone": "no-such-net",
+        "weights": "x.h5",
+        "alpha": -3,
+        "input_size": 5,
+        "pooling": "mean",
+        "batch_size": 0,
+        "progress": True,
+    }
     assert not hasattr(ext, "model_")
 
 
@@ -141,8 +156,10 @@ def test_backbone_label():
 
 # --- parameter and input errors -------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, suggestion", [("mobilenetv2", "mobilenet_v2"), ("resnet", "resnet50"),
-                                              ("efficientnet", "efficientnet_b0")])
+
+@pytest.mark.parametrize(
+    "name, suggestion", [("mobilenetv2", "mobilenet_v2"), ("resnet", "resnet50"), ("efficientnet", "efficientnet_b0")]
+)
 def test_unknown_backbone_suggests(name, suggestion):
     with pytest.raises(ParamError) as info:
         KerasFeatureExtractor(backbone=name, weights=None).fit()
@@ -153,15 +170,18 @@ def test_unknown_backbone_suggests(name, suggestion):
         check_weights_available(name, None, 1.0, None)
 
 
-@pytest.mark.parametrize("params, match", [
-    ({"alpha": 0}, "alpha"),
-    ({"input_size": 16}, "too small"),
-    ({"backbone": "inception_v3", "input_size": 64}, ">= 75"),
-    ({"input_size": (64, 64, 3)}, "input_size"),
-    ({"pooling": "mean"}, "pooling"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"weights": 3}, "weights"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"alpha": 0}, "alpha"),
+        ({"input_size": 16}, "too small"),
+        ({"backbone": "inception_v3", "input_size": 64}, ">= 75"),
+        ({"input_size": (64, 64, 3)}, "input_size"),
+        ({"pooling": "mean"}, "pooling"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"weights": 3}, "weights"),
+    ],
+)
 def test_bad_params(params, match):
     with pytest.raises(ParamError, match=match):
         KerasFeatureExtractor(**{"weights": None, **params}).fit()
@@ -188,13 +208,16 @@ def test_mismatched_weights_file(tmp_path):
         KerasFeatureExtractor(alpha=0.5, weights=str(path), input_size=32).fit()
 
 
-@pytest.mark.parametrize("images", [
-    np.zeros((2, 32, 32), np.float32),
-    np.zeros((2, 32, 32, 4), np.uint8),
-    [np.zeros((32, 32, 2), np.uint8)],
-    [np.zeros((0, 32), np.uint8)],
-    ["not an image"],
-])
+@pytest.mark.parametrize(
+    "images",
+    [
+        np.zeros((2, 32, 32), np.float32),
+        np.zeros((2, 32, 32, 4), np.uint8),
+        [np.zeros((32, 32, 2), np.uint8)],
+        [np.zeros((0, 32), np.uint8)],
+        ["not an image"],
+    ],
+)
 def test_bad_images(images):
     ext = KerasFeatureExtractor(alpha=0.25, weights=None, input_size=32).fit()
     with pytest.raises(InputDataError):
@@ -209,6 +232,7 @@ def test_empty_input():
 
 
 # --- pretrained MobileNet 0.25 from the shared Keras home -----------------------------------------
+
 
 def test_pretrained_features(pretrained, no_network):
     images = mixed_images()
@@ -271,8 +295,13 @@ def test_read_only_keras_home_falls_back_to_its_file(pretrained, monkeypatch, no
     images = mixed_images()
     expected = pretrained.transform(images)
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
-        False if mode == os.W_OK and str(path).startswith(str(SHARED_KERAS)) else real_access(path, mode, **kw)))
+    monkeypatch.setattr(
+        os,
+        "access",
+        lambda path, mode, **kw: (
+            False if mode == os.W_OK and str(path).startswith(str(SHARED_KERAS)) else real_access(path, mode, **kw)
+        ),
+    )
     ext = KerasFeatureExtractor(alpha=0.25).fit()
     assert np.array_equal(ext.transform(images), expected)
     if not Path("/tmp/.keras/models", MOBILENET_025.name).is_file():
@@ -280,6 +309,7 @@ def test_read_only_keras_home_falls_back_to_its_file(pretrained, monkeypatch, no
 
 
 # --- weights from a file, offline ImageNet failure ------------------------------------------------
+
 
 def test_weights_path_round_trip(tmp_path):
     saver = KerasFeatureExtractor(alpha=0.25, weights=None, input_size=64).fit()
@@ -295,8 +325,10 @@ def test_weights_path_round_trip(tmp_path):
 
 def test_offline_imagenet_failure(tmp_path, monkeypatch, no_network):
     point_keras_home(monkeypatch, tmp_path)
-    for call in (lambda: KerasFeatureExtractor(backbone="mobilenet_v2").fit(),
-                 lambda: check_weights_available("mobilenet_v2", "imagenet", 1.0, None)):
+    for call in (
+        lambda: KerasFeatureExtractor(backbone="mobilenet_v2").fit(),
+        lambda: check_weights_available("mobilenet_v2", "imagenet", 1.0, None),
+    ):
         with pytest.raises(WeightsUnavailableError) as info:
             call()
         message = str(info.value)
@@ -314,15 +346,19 @@ def test_offline_failure_names_alpha(tmp_path, monkeypatch):
 
 # --- every backbone builds (random weights) with its feature dimension ----------------------------
 
-@pytest.mark.parametrize("backbone, input_size, n_features", [
-    ("mobilenet", 64, 1024),
-    ("mobilenet_v2", 64, 1280),
-    ("resnet50", 64, 2048),
-    ("efficientnet_b0", 64, 1280),
-    ("vgg16", 64, 512),
-    ("inception_v3", 75, 2048),
-    ("densenet121", 64, 1024),
-])
+
+@pytest.mark.parametrize(
+    "backbone, input_size, n_features",
+    [
+        ("mobilenet", 64, 1024),
+        ("mobilenet_v2", 64, 1280),
+        ("resnet50", 64, 2048),
+        ("efficientnet_b0", 64, 1280),
+        ("vgg16", 64, 512),
+        ("inception_v3", 75, 2048),
+        ("densenet121", 64, 1024),
+    ],
+)
 def test_backbone_dimensions(backbone, input_size, n_features):
     ext = KerasFeatureExtractor(backbone=backbone, weights=None, input_size=input_size, batch_size=2).fit()
     assert ext.n_features_out_ == n_features

@@ -52,7 +52,9 @@ def test_copy_names_skip_every_source_name():
 
 
 def test_tutorial_copy_names_skip_every_source_name():
-    images = [("normal/" + name, "normal") for name in NORMAL] + [(f"malignant/m{i}.png", "malignant") for i in range(4)]
+    images = [("normal/" + name, "normal") for name in NORMAL] + [
+        (f"malignant/m{i}.png", "malignant") for i in range(4)
+    ]
     plan = plan_tutorial(images, {"normal": ["rot180", "flip_lr"], "malignant": ["rot180"]}, 0.25, 0)
     paths = [row["path"] for row in plan]
     assert len(paths) == len(set(paths)) == len(images) + 2 * 3 + 4
@@ -68,12 +70,25 @@ def test_a_plan_listing_a_path_twice_is_refused():
 def test_augment_leaves_linked_inputs_intact(linked_source, tmp_path, protocol):
     cache, resized = linked_source
     before = {p: _digest(p) for p in cache.rglob("*.png")}
-    rows = [{"path": p.relative_to(resized).as_posix(), "class": p.parent.name, "split": "train"}
-            for p in sorted(resized.rglob("*.png"))]
+    rows = [
+        {"path": p.relative_to(resized).as_posix(), "class": p.parent.name, "split": "train"}
+        for p in sorted(resized.rglob("*.png"))
+    ]
     write_csv(tmp_path / "split.csv", rows, SPLIT_FIELDS)
-    augment(resized, tmp_path / "split.csv", tmp_path / "augmented", tmp_path / "augmented.csv", protocol=protocol,
-            ops=BALANCING_OPS, target="max", seed=0, tutorial_ops=TUTORIAL_OPS + ["benign=flip_tb"], test_size=0.2,
-            split_seed=0, workers=1)
+    augment(
+        resized,
+        tmp_path / "split.csv",
+        tmp_path / "augmented",
+        tmp_path / "augmented.csv",
+        protocol=protocol,
+        ops=BALANCING_OPS,
+        target="max",
+        seed=0,
+        tutorial_ops=TUTORIAL_OPS + ["benign=flip_tb"],
+        test_size=0.2,
+        split_seed=0,
+        workers=1,
+    )
     assert {p: _digest(p) for p in cache.rglob("*.png")} == before
     written = sorted(p.relative_to(tmp_path / "augmented").as_posix() for p in (tmp_path / "augmented").rglob("*.png"))
     manifest = (tmp_path / "augmented.csv").read_text().splitlines()[1:]

@@ -56,32 +56,43 @@ def test_the_projects_params_yaml_is_accepted_exactly(params):
     assert config.validate(params).model_dump() == params
 
 
-@pytest.mark.parametrize("dotted, value, expected", [
-    ("featurize.method", "pixel", "featurize.method: 'pixel' is not one of 'pixels', 'cnn'. Did you mean 'pixels'?"),
-    ("resize.mode", "grey", "resize.mode: 'grey' is not one of 'gray', 'rgb'. Did you mean 'gray'?"),
-    ("protocol", "honset", "protocol: 'honset' is not one of 'honest', 'tutorial'. Did you mean 'honest'?"),
-    ("resize.resample", "lancsoz", "Did you mean 'lanczos'?"),
-    ("featurize.cnn.backbone", "mobilenetv2", "Did you mean 'mobilenet_v2'?"),
-    ("train.pca.svd_solver", "ful", "Did you mean 'full'?"),
-    ("augment.ops", ["rot180", "flip_rl"], "augment.ops.1: 'flip_rl' is not one of"),
-    ("augment.ops", ["rot180", "rot180"], "augment.ops: ['rot180'] appear more than once"),
-    ("augment.target", "maxi", "augment.target: must be 'max' or an integer >= 1, got 'maxi'. Did you mean 'max'?"),
-    ("augment.target", True, "augment.target: must be 'max' or an integer >= 1, got True"),
-    ("augment.tutorial_ops", ["malignant=rot18"], "unknown op 'rot18'. Did you mean 'rot180'?"),
-    ("augment.tutorial_ops", ["malignant"], "entry 'malignant' must look like 'class=op+op'"),
-    ("resize.width", -190, "resize.width: Input should be greater than or equal to 1 (got -190)."),
-    ("resize.height", 0, "resize.height: Input should be greater than or equal to 1 (got 0)."),
-    ("resize.width", 190.5, "resize.width: Input should be a valid integer"),
-    ("split.test_size", 1.5, "split.test_size: Input should be less than 1 (got 1.5)."),
-    ("split.test_size", -0.1, "split.test_size: Input should be greater than or equal to 0"),
-    ("train.kmeans.n_clusters", 1, "train.kmeans.n_clusters: Input should be greater than or equal to 2"),
-    ("train.pca.n_components", -1, "train.pca.n_components: Input should be greater than or equal to 0"),
-    ("ingest.skip_corrupt", "yes", "ingest.skip_corrupt: Input should be a valid boolean (got 'yes')."),
-    ("featurize.cnn.alpha", 0, "featurize.cnn.alpha: Input should be greater than 0"),
-    ("strip_masks.patterns", [], "strip_masks.patterns: List should have at least 1 item"),
-    ("data.source", "https://example.org/busi.zip", "data: source is a URL (https://example.org/busi.zip); set data.sha256"),
-    ("data.sha256", "abc", "data.sha256: String should match pattern"),
-])
+@pytest.mark.parametrize(
+    "dotted, value, expected",
+    [
+        (
+            "featurize.method",
+            "pixel",
+            "featurize.method: 'pixel' is not one of 'pixels', 'cnn'. Did you mean 'pixels'?",
+        ),
+        ("resize.mode", "grey", "resize.mode: 'grey' is not one of 'gray', 'rgb'. Did you mean 'gray'?"),
+        ("protocol", "honset", "protocol: 'honset' is not one of 'honest', 'tutorial'. Did you mean 'honest'?"),
+        ("resize.resample", "lancsoz", "Did you mean 'lanczos'?"),
+        ("featurize.cnn.backbone", "mobilenetv2", "Did you mean 'mobilenet_v2'?"),
+        ("train.pca.svd_solver", "ful", "Did you mean 'full'?"),
+        ("augment.ops", ["rot180", "flip_rl"], "augment.ops.1: 'flip_rl' is not one of"),
+        ("augment.ops", ["rot180", "rot180"], "augment.ops: ['rot180'] appear more than once"),
+        ("augment.target", "maxi", "augment.target: must be 'max' or an integer >= 1, got 'maxi'. Did you mean 'max'?"),
+        ("augment.target", True, "augment.target: must be 'max' or an integer >= 1, got True"),
+        ("augment.tutorial_ops", ["malignant=rot18"], "unknown op 'rot18'. Did you mean 'rot180'?"),
+        ("augment.tutorial_ops", ["malignant"], "entry 'malignant' must look like 'class=op+op'"),
+        ("resize.width", -190, "resize.width: Input should be greater than or equal to 1 (got -190)."),
+        ("resize.height", 0, "resize.height: Input should be greater than or equal to 1 (got 0)."),
+        ("resize.width", 190.5, "resize.width: Input should be a valid integer"),
+        ("split.test_size", 1.5, "split.test_size: Input should be less than 1 (got 1.5)."),
+        ("split.test_size", -0.1, "split.test_size: Input should be greater than or equal to 0"),
+        ("train.kmeans.n_clusters", 1, "train.kmeans.n_clusters: Input should be greater than or equal to 2"),
+        ("train.pca.n_components", -1, "train.pca.n_components: Input should be greater than or equal to 0"),
+        ("ingest.skip_corrupt", "yes", "ingest.skip_corrupt: Input should be a valid boolean (got 'yes')."),
+        ("featurize.cnn.alpha", 0, "featurize.cnn.alpha: Input should be greater than 0"),
+        ("strip_masks.patterns", [], "strip_masks.patterns: List should have at least 1 item"),
+        (
+            "data.source",
+            "https://example.org/busi.zip",
+            "data: source is a URL (https://example.org/busi.zip); set data.sha256",
+        ),
+        ("data.sha256", "abc", "data.sha256: String should match pattern"),
+    ],
+)
 def test_realistic_mistakes_are_named_with_a_fix(params, dotted, value, expected):
     problems = _problems(_set(params, dotted, value))
     assert len(problems) == 1, problems
@@ -109,8 +120,15 @@ def test_every_problem_is_listed_at_once(params):
     params["evaluatee"] = {"thumbnails": 8}
     problems = _problems(params)
     assert {p.split(":", 1)[0] for p in problems} == {
-        "featurize.method", "train.kmeans.n_cluster", "train.kmeans.n_clusters", "resize.mode", "protocol",
-        "resize.width", "split.test_size", "evaluatee"}
+        "featurize.method",
+        "train.kmeans.n_cluster",
+        "train.kmeans.n_clusters",
+        "resize.mode",
+        "protocol",
+        "resize.width",
+        "split.test_size",
+        "evaluatee",
+    }
     assert "evaluatee: unknown key. Did you mean 'evaluate'?" in problems
 
 
@@ -177,8 +195,11 @@ def test_a_view_refuses_an_undeclared_key(pipeline_params):
     assert view.evaluate.thumbnails == pipeline_params.evaluate.thumbnails
     with pytest.raises(UndeclaredParamError, match=r"train is not among the declared parameters"):
         view.train  # noqa: B018
-    with pytest.raises(UndeclaredParamError, match=r"resize\.width is not among the declared parameters "
-                                                   r"evaluate, mlflow, resize\.resample"):
+    with pytest.raises(
+        UndeclaredParamError,
+        match=r"resize\.width is not among the declared parameters "
+        r"evaluate, mlflow, resize\.resample",
+    ):
         view.resize.width  # noqa: B018
 
 
@@ -228,13 +249,37 @@ STAGE_ARGS = {
     "strip-masks": ["--raw", "raw", "--out", "stripped", "--report", "strip.json"],
     "resize": ["--in", "stripped", "--out", "resized"],
     "split": ["--in", "resized", "--out", "split.csv"],
-    "augment": ["--in", "resized", "--split", "split.csv", "--out", "augmented", "--manifest", "augmented.csv",
-                "--report", "augment.json"],
+    "augment": [
+        "--in",
+        "resized",
+        "--split",
+        "split.csv",
+        "--out",
+        "augmented",
+        "--manifest",
+        "augmented.csv",
+        "--report",
+        "augment.json",
+    ],
     "featurize": ["--in", "augmented", "--manifest", "augmented.csv", "--out", "features"],
     "train": ["--features", "features", "--out", "model.joblib"],
-    "evaluate": ["--features", "features", "--model", "model.joblib", "--images", "augmented",
-                 "--metrics", "metrics.json", "--plots", "plots", "--predictions", "predictions.csv",
-                 "--run-info", "mlflow_run.json", "--no-mlflow"],
+    "evaluate": [
+        "--features",
+        "features",
+        "--model",
+        "model.joblib",
+        "--images",
+        "augmented",
+        "--metrics",
+        "metrics.json",
+        "--plots",
+        "plots",
+        "--predictions",
+        "predictions.csv",
+        "--run-info",
+        "mlflow_run.json",
+        "--no-mlflow",
+    ],
 }
 
 

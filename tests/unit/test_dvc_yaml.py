@@ -36,8 +36,9 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgclust"):
             found.add(node.module)
             # `from imgclust.core import plots` imports the submodule imgclust.core.plots
-            found.update(f"{node.module}.{alias.name}" for alias in node.names
-                         if module_file(f"{node.module}.{alias.name}"))
+            found.update(
+                f"{node.module}.{alias.name}" for alias in node.names if module_file(f"{node.module}.{alias.name}")
+            )
     return found
 
 
@@ -85,9 +86,17 @@ def test_deps_cover_every_source_file_the_stage_runs(stage):
 def test_the_closure_finds_what_it_must():
     """The checker itself: it follows function-level and `from package import module` imports."""
     closure = {str(p.relative_to(SRC)) for p in import_closure("imgclust.stages.evaluate")}
-    assert {"imgclust/stages/evaluate.py", "imgclust/core/plots.py", "imgclust/core/metrics.py",
-            "imgclust/tracking/runs.py", "imgclust/tracking/image_model.py", "imgclust/core/scaling.py",
-            "imgclust/config.py", "imgclust/errors.py", "imgclust/__init__.py"} <= closure
+    assert {
+        "imgclust/stages/evaluate.py",
+        "imgclust/core/plots.py",
+        "imgclust/core/metrics.py",
+        "imgclust/tracking/runs.py",
+        "imgclust/tracking/image_model.py",
+        "imgclust/core/scaling.py",
+        "imgclust/config.py",
+        "imgclust/errors.py",
+        "imgclust/__init__.py",
+    } <= closure
 
 
 @pytest.mark.parametrize("stage", list(STAGES))

@@ -36,21 +36,32 @@ OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
 SHIPPED = config.load(path=REPO / "params.yaml")  # the project's params.yaml
 
 
-def fit(features: np.ndarray, is_train: np.ndarray, method: str, n_components: int, n_clusters: int,
-        n_init: int = 10):
+def fit(features: np.ndarray, is_train: np.ndarray, method: str, n_components: int, n_clusters: int, n_init: int = 10):
     """The train stage's model (honest protocol) with these settings, the others as shipped."""
-    return fit_model(features, is_train, method=method,
-                     pca={**SHIPPED.train.pca.model_dump(), "n_components": n_components},
-                     kmeans={**SHIPPED.train.kmeans.model_dump(), "n_clusters": n_clusters, "n_init": n_init},
-                     scalable=SHIPPED.train.scalable.model_dump(), pca_on_all=False)
+    return fit_model(
+        features,
+        is_train,
+        method=method,
+        pca={**SHIPPED.train.pca.model_dump(), "n_components": n_components},
+        kmeans={**SHIPPED.train.kmeans.model_dump(), "n_clusters": n_clusters, "n_init": n_init},
+        scalable=SHIPPED.train.scalable.model_dump(),
+        pca_on_all=False,
+    )
 
 
-def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
-                   test_size: float = 0.25) -> dict[str, Path]:
+def build_features(
+    root: Path, source: Path, mode: str = "gray", size: int = SIZE, test_size: float = 0.25
+) -> dict[str, Path]:
     """Run the real data stages and featurize (pixels) on ``source``; return the paths."""
     data = run_data_stages(root, source, mode, size, test_size)
-    featurize(data["images"], data["manifest"], root / "features", method="pixels",
-              cnn_params=cnn_params(SHIPPED.featurize.cnn), batch_size=SHIPPED.featurize.batch_size)
+    featurize(
+        data["images"],
+        data["manifest"],
+        root / "features",
+        method="pixels",
+        cnn_params=cnn_params(SHIPPED.featurize.cnn),
+        batch_size=SHIPPED.featurize.batch_size,
+    )
     return {"images": data["images"], "features": root / "features", "split": data["split"]}
 
 
@@ -97,7 +108,6 @@ def check_png(path: Path) -> None:
 
 def result_is_train(project) -> np.ndarray:
     return np.array([r["split"] == "train" for r in project["index"]])
-
 
 
 def test_metrics_for_train_and_test(result, project):
@@ -196,8 +206,9 @@ def test_thumbnails_prefer_originals_of_each_cluster(result, project):
             # every thumbnail is the pixels of a member of that cluster, captioned with its class (and op)
             matches = [i for i in pool if np.array_equal(project["features_array"][i], array.reshape(-1))]
             assert matches, f"thumbnail {position} of cluster {cluster} is not one of its members"
-            expected = {index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})")
-                        for i in matches}
+            expected = {
+                index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})") for i in matches
+            }
             assert caption in expected
 
 
@@ -221,10 +232,25 @@ def evaluate_cli(project, out: Path, features_dir: Path | None = None, check: bo
     writing the stage's outputs under ``out/evaluation`` as dvc.yaml does."""
     write_params(out, evaluate__thumbnails=3)
     return run_cli(
-        "evaluate", "--features", str(features_dir or project["features"]), "--model", str(project["model"]),
-        "--images", str(project["images"]), "--metrics", str(out / "evaluation" / "metrics.json"),
-        "--plots", str(out / "evaluation" / "plots"), "--predictions", str(out / "evaluation" / "predictions.csv"),
-        "--run-info", str(out / "evaluation" / "mlflow_run.json"), "--no-mlflow", cwd=out, check=check)
+        "evaluate",
+        "--features",
+        str(features_dir or project["features"]),
+        "--model",
+        str(project["model"]),
+        "--images",
+        str(project["images"]),
+        "--metrics",
+        str(out / "evaluation" / "metrics.json"),
+        "--plots",
+        str(out / "evaluation" / "plots"),
+        "--predictions",
+        str(out / "evaluation" / "predictions.csv"),
+        "--run-info",
+        str(out / "evaluation" / "mlflow_run.json"),
+        "--no-mlflow",
+        cwd=out,
+        check=check,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -239,8 +265,9 @@ def test_cli_metrics_json(cli_outputs, result):
     metrics = strict_json(out / "metrics.json")
     assert set(metrics) == {"train", "test"}
     for split in ("train", "test"):
-        expected = {k: (None if isinstance(v, float) and math.isnan(v) else v)
-                    for k, v in result["metrics"][split].items()}
+        expected = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result["metrics"][split].items()
+        }
         assert metrics[split] == pytest.approx(expected)
         assert f"evaluate {split}: ARI {result['metrics'][split]['ari']:.4f}" in proc.stdout
     assert "mlflow" not in proc.stdout
@@ -252,10 +279,12 @@ def test_cli_predictions_csv(cli_outputs, project):
     fields, rows = read_predictions(out / "predictions.csv")
     assert fields == list(PREDICTION_FIELDS) == ["file", "class", "split", "op", "cluster"]
     index = project["index"]
-    assert [(r["file"], r["class"], r["split"], r["op"]) for r in rows] == \
-        [(r["file"], r["class"], r["split"], r["op"]) for r in index]
-    np.testing.assert_array_equal([int(r["cluster"]) for r in rows],
-                                  project["pipeline"].predict(project["features_array"]))
+    assert [(r["file"], r["class"], r["split"], r["op"]) for r in rows] == [
+        (r["file"], r["class"], r["split"], r["op"]) for r in index
+    ]
+    np.testing.assert_array_equal(
+        [int(r["cluster"]) for r in rows], project["pipeline"].predict(project["features_array"])
+    )
 
 
 @pytest.mark.parametrize("name", ["contingency.png", "scatter.png", "thumbnails.png"])
@@ -286,10 +315,26 @@ def test_cli_metrics_json_is_strict_when_a_metric_is_nan(project, tmp_path):
 
 def test_cli_missing_model_exits_2(project, tmp_path):
     write_params(tmp_path)
-    proc = run_cli("evaluate", "--features", str(project["features"]), "--model", str(tmp_path / "none.joblib"),
-                   "--images", str(project["images"]), "--metrics", str(tmp_path / "metrics.json"),
-                   "--plots", str(tmp_path / "plots"), "--predictions", str(tmp_path / "predictions.csv"),
-                   "--run-info", str(tmp_path / "mlflow_run.json"), "--no-mlflow", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "evaluate",
+        "--features",
+        str(project["features"]),
+        "--model",
+        str(tmp_path / "none.joblib"),
+        "--images",
+        str(project["images"]),
+        "--metrics",
+        str(tmp_path / "metrics.json"),
+        "--plots",
+        str(tmp_path / "plots"),
+        "--predictions",
+        str(tmp_path / "predictions.csv"),
+        "--run-info",
+        str(tmp_path / "mlflow_run.json"),
+        "--no-mlflow",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "none.joblib: not found; run the train stage" in proc.stderr
     assert not (tmp_path / "metrics.json").exists()
@@ -297,10 +342,26 @@ def test_cli_missing_model_exits_2(project, tmp_path):
 
 def test_cli_missing_features_exits_2(project, tmp_path):
     write_params(tmp_path)
-    proc = run_cli("evaluate", "--features", str(tmp_path / "nofeatures"), "--model", str(project["model"]),
-                   "--images", str(project["images"]), "--metrics", str(tmp_path / "metrics.json"),
-                   "--plots", str(tmp_path / "plots"), "--predictions", str(tmp_path / "predictions.csv"),
-                   "--run-info", str(tmp_path / "mlflow_run.json"), "--no-mlflow", cwd=tmp_path, check=False)
+    proc = run_cli(
+        "evaluate",
+        "--features",
+        str(tmp_path / "nofeatures"),
+        "--model",
+        str(project["model"]),
+        "--images",
+        str(project["images"]),
+        "--metrics",
+        str(tmp_path / "metrics.json"),
+        "--plots",
+        str(tmp_path / "plots"),
+        "--predictions",
+        str(tmp_path / "predictions.csv"),
+        "--run-info",
+        str(tmp_path / "mlflow_run.json"),
+        "--no-mlflow",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "run the featurize stage" in proc.stderr
     assert not (tmp_path / "metrics.json").exists()

@@ -34,8 +34,9 @@ def gray_data(synthetic_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("featurize_gray")
     data = run_data_stages(root, synthetic_dataset, "gray", SIZE)
     data["features"] = root / "features"
-    data["meta"] = featurize(data["images"], data["manifest"], data["features"], method="pixels", cnn_params=CNN_PARAMS,
-                             batch_size=256)
+    data["meta"] = featurize(
+        data["images"], data["manifest"], data["features"], method="pixels", cnn_params=CNN_PARAMS, batch_size=256
+    )
     return data
 
 
@@ -45,8 +46,9 @@ def rgb_data(synthetic_dataset, tmp_path_factory):
     data = run_data_stages(root, synthetic_dataset, "rgb", SIZE)
     data["features"] = root / "features"
     # a batch size that does not divide the row count: batch boundaries must not shift rows
-    data["meta"] = featurize(data["images"], data["manifest"], data["features"], method="pixels", cnn_params=CNN_PARAMS,
-                             batch_size=7)
+    data["meta"] = featurize(
+        data["images"], data["manifest"], data["features"], method="pixels", cnn_params=CNN_PARAMS, batch_size=7
+    )
     return data
 
 
@@ -68,11 +70,13 @@ def test_features_are_uint8_flattened_images_in_manifest_order(request, name, ch
 
 
 def test_batch_size_does_not_change_the_features(gray_data, tmp_path):
-    meta = featurize(gray_data["images"], gray_data["manifest"], tmp_path / "f", method="pixels", cnn_params=CNN_PARAMS,
-                     batch_size=5)
+    meta = featurize(
+        gray_data["images"], gray_data["manifest"], tmp_path / "f", method="pixels", cnn_params=CNN_PARAMS, batch_size=5
+    )
     assert meta == gray_data["meta"]
-    np.testing.assert_array_equal(np.load(tmp_path / "f" / "features.npy"),
-                                  np.load(gray_data["features"] / "features.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "f" / "features.npy"), np.load(gray_data["features"] / "features.npy")
+    )
     assert (tmp_path / "f" / "index.csv").read_bytes() == (gray_data["features"] / "index.csv").read_bytes()
 
 
@@ -86,21 +90,34 @@ def test_index_agrees_with_augmented_manifest(request, name):
     index = read_csv(data["features"] / "index.csv")
     assert len(index) == len(manifest)
     for entry, row in zip(index, manifest, strict=True):
-        assert entry == {"file": row["path"], "class": row["class"], "split": row["split"],
-                         "source": row["source"], "op": row["op"]}
+        assert entry == {
+            "file": row["path"],
+            "class": row["class"],
+            "split": row["split"],
+            "source": row["source"],
+            "op": row["op"],
+        }
     # honest protocol: every test row is an original, augmented copies are train only
     assert {r["op"] for r in index if r["split"] == "test"} == {"none"}
     assert any(r["op"] != "none" for r in index if r["split"] == "train")
 
 
-@pytest.mark.parametrize("name, shape, mode", [("gray_data", [SIZE, SIZE], "gray"),
-                                               ("rgb_data", [SIZE, SIZE, 3], "rgb")])
+@pytest.mark.parametrize(
+    "name, shape, mode", [("gray_data", [SIZE, SIZE], "gray"), ("rgb_data", [SIZE, SIZE, 3], "rgb")]
+)
 def test_meta_json(request, name, shape, mode):
     data = request.getfixturevalue(name)
     meta = json.loads((data["features"] / "meta.json").read_text())
     n = len(read_csv(data["manifest"]))
-    assert meta == {"method": "pixels", "n_samples": n, "n_features": int(np.prod(shape)), "dtype": "uint8",
-                    "image_shape": shape, "color_mode": mode, "extractor": {}}
+    assert meta == {
+        "method": "pixels",
+        "n_samples": n,
+        "n_features": int(np.prod(shape)),
+        "dtype": "uint8",
+        "image_shape": shape,
+        "color_mode": mode,
+        "extractor": {},
+    }
     assert meta == data["meta"]  # the returned dict is what was written
 
 
@@ -142,8 +159,10 @@ def test_load_features_row_count_mismatch(gray_data, copy_of):
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("method, hint", [("pixel", "Did you mean 'pixels'?"), ("Pixels", "Did you mean 'pixels'?"),
-                                          ("cnnn", "Did you mean 'cnn'?")])
+@pytest.mark.parametrize(
+    "method, hint",
+    [("pixel", "Did you mean 'pixels'?"), ("Pixels", "Did you mean 'pixels'?"), ("cnnn", "Did you mean 'cnn'?")],
+)
 def test_check_method_suggests_the_close_name(method, hint):
     with pytest.raises(ParamError) as info:
         check_method(method)
@@ -165,8 +184,14 @@ def test_check_method_accepts_known_methods(method):
 
 def test_featurize_unknown_method_writes_nothing(gray_data, tmp_path):
     with pytest.raises(ParamError, match="Did you mean 'pixels'"):
-        featurize(gray_data["images"], gray_data["manifest"], tmp_path / "out", method="pixel", cnn_params=CNN_PARAMS,
-                  batch_size=BATCH_SIZE)
+        featurize(
+            gray_data["images"],
+            gray_data["manifest"],
+            tmp_path / "out",
+            method="pixel",
+            cnn_params=CNN_PARAMS,
+            batch_size=BATCH_SIZE,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -193,15 +218,27 @@ def test_featurize_missing_image_keeps_previous_output(gray_data, copy_of):
 
 def test_featurize_missing_manifest(gray_data, tmp_path):
     with pytest.raises(InputDataError, match="file not found"):
-        featurize(gray_data["images"], tmp_path / "nope.csv", tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS,
-                  batch_size=BATCH_SIZE)
+        featurize(
+            gray_data["images"],
+            tmp_path / "nope.csv",
+            tmp_path / "out",
+            method="pixels",
+            cnn_params=CNN_PARAMS,
+            batch_size=BATCH_SIZE,
+        )
 
 
 def test_featurize_empty_manifest(gray_data, tmp_path):
     write_csv(tmp_path / "empty.csv", [], ("path", "class", "split", "source", "op"))
     with pytest.raises(InputDataError, match="lists no image"):
-        featurize(gray_data["images"], tmp_path / "empty.csv", tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS,
-                  batch_size=BATCH_SIZE)
+        featurize(
+            gray_data["images"],
+            tmp_path / "empty.csv",
+            tmp_path / "out",
+            method="pixels",
+            cnn_params=CNN_PARAMS,
+            batch_size=BATCH_SIZE,
+        )
 
 
 def test_featurize_images_of_different_sizes(gray_data, copy_of, tmp_path):
@@ -209,8 +246,7 @@ def test_featurize_images_of_different_sizes(gray_data, copy_of, tmp_path):
     victim = read_csv(gray_data["manifest"])[-1]["path"]
     Image.open(images / victim).resize((SIZE + 3, SIZE)).save(images / victim)
     with pytest.raises(InputDataError, match="differ in shape"):
-        featurize(images, gray_data["manifest"], tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS,
-                  batch_size=8)
+        featurize(images, gray_data["manifest"], tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS, batch_size=8)
     assert not (tmp_path / "out").exists()
 
 
@@ -221,8 +257,16 @@ def test_cli_featurize_pixels(gray_data, tmp_path):
     work = tmp_path / "work"
     write_params(work, featurize__method="pixels", featurize__batch_size=16)
     out = tmp_path / "features"
-    proc = run_cli("featurize", "--in", str(gray_data["images"]), "--manifest", str(gray_data["manifest"]),
-                   "--out", str(out), cwd=work)
+    proc = run_cli(
+        "featurize",
+        "--in",
+        str(gray_data["images"]),
+        "--manifest",
+        str(gray_data["manifest"]),
+        "--out",
+        str(out),
+        cwd=work,
+    )
     n = gray_data["meta"]["n_samples"]
     assert f"{n} x {SIZE * SIZE} uint8" in proc.stdout
     np.testing.assert_array_equal(np.load(out / "features.npy"), np.load(gray_data["features"] / "features.npy"))
@@ -233,8 +277,17 @@ def test_cli_featurize_bad_method_exits_2(gray_data, tmp_path):
     work = tmp_path / "work"
     write_params(work, featurize__method="pixel")
     out = tmp_path / "features"
-    proc = run_cli("featurize", "--in", str(gray_data["images"]), "--manifest", str(gray_data["manifest"]),
-                   "--out", str(out), cwd=work, check=False)
+    proc = run_cli(
+        "featurize",
+        "--in",
+        str(gray_data["images"]),
+        "--manifest",
+        str(gray_data["manifest"]),
+        "--out",
+        str(out),
+        cwd=work,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "Did you mean 'pixels'" in proc.stderr
     assert "Traceback" not in proc.stderr

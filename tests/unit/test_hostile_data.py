@@ -95,8 +95,8 @@ def _patch_zip(archive: Path, local_offset: int, central_offset: int, fmt: str, 
     local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
     size = struct.calcsize(fmt)
     for at in (local + local_offset, central + central_offset):
-        old = struct.unpack(fmt, data[at:at + size])[0]
-        data[at:at + size] = struct.pack(fmt, value(old))
+        old = struct.unpack(fmt, data[at : at + size])[0]
+        data[at : at + size] = struct.pack(fmt, value(old))
     archive.write_bytes(bytes(data))
 
 
@@ -107,8 +107,9 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 def _png(width: int, height: int, raw_rows: bytes, interlace: int = 0) -> bytes:
     """A gray 8-bit PNG whose (complete, CRC-valid) zlib stream holds ``raw_rows``."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, interlace)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw_rows))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(raw_rows)) + _chunk(b"IEND", b"")
+    )
 
 
 def _rows(pixels: np.ndarray) -> bytes:
@@ -118,8 +119,15 @@ def _rows(pixels: np.ndarray) -> bytes:
 def _adam7_rows(pixels: np.ndarray) -> list[bytes]:
     """The filtered rows of each Adam7 pass of ``pixels`` (filter 0)."""
     passes = []
-    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
-                           (0, 1, 1, 2)):
+    for x0, y0, dx, dy in (
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ):
         sub = pixels[y0::dy, x0::dx]
         passes.append(_rows(sub) if sub.size else b"")
     return passes
@@ -149,8 +157,9 @@ def test_a_name_too_long_for_its_augmented_copies_is_refused_by_resize_naming_th
     strip_masks(tmp_path / "raw", tmp_path / "stripped", ["*_mask*.png"])
     project = _project(tmp_path / "project", resize__width=16, resize__height=16)
 
-    result = run_cli("resize", "--in", str(tmp_path / "stripped"), "--out", str(tmp_path / "resized"),
-                     cwd=project, check=False)
+    result = run_cli(
+        "resize", "--in", str(tmp_path / "stripped"), "--out", str(tmp_path / "resized"), cwd=project, check=False
+    )
 
     _fails_cleanly(result, name, "too long", str(NAME_MAX - COPY_NAME_RESERVE))
     assert not (tmp_path / "resized").exists()
@@ -164,14 +173,27 @@ def test_augment_refuses_a_planned_name_over_name_max_before_writing_anything(tm
     _image(resized / "a" / long_name, value=1)
     for i in range(3):
         _image(resized / "b" / f"b{i}.png", value=10 + i)
-    rows = [{"path": f"a/{long_name}", "class": "a", "split": "train"}] + \
-           [{"path": f"b/b{i}.png", "class": "b", "split": "train"} for i in range(3)]
+    rows = [{"path": f"a/{long_name}", "class": "a", "split": "train"}] + [
+        {"path": f"b/b{i}.png", "class": "b", "split": "train"} for i in range(3)
+    ]
     write_csv(tmp_path / "split.csv", rows, SPLIT_FIELDS)
     project = _project(tmp_path / "project")
 
-    result = run_cli("augment", "--in", str(resized), "--split", str(tmp_path / "split.csv"),
-                     "--out", str(tmp_path / "augmented"), "--manifest", str(tmp_path / "augmented.csv"),
-                     "--report", str(tmp_path / "augment.json"), cwd=project, check=False)
+    result = run_cli(
+        "augment",
+        "--in",
+        str(resized),
+        "--split",
+        str(tmp_path / "split.csv"),
+        "--out",
+        str(tmp_path / "augmented"),
+        "--manifest",
+        str(tmp_path / "augmented.csv"),
+        "--report",
+        str(tmp_path / "augment.json"),
+        cwd=project,
+        check=False,
+    )
 
     _fails_cleanly(result, long_name, "rename the source image")
     assert not (tmp_path / "augmented").exists() and not (tmp_path / "augmented.csv").exists()
@@ -222,14 +244,24 @@ def _tar(archive: Path, members: list[tuple[str, bytes | None]]) -> Path:
     return archive
 
 
-@pytest.mark.parametrize("members", [
-    [("d/benign/x.png", "file"), ("d/benign/x.png/y.png", "file"), ("d/malignant/m.png", "file")],
-    [("d/benign/x.png", None), ("d/benign/x.png/y.png", "file"), ("d/benign/x.png", "file"),
-     ("d/malignant/m.png", "file")],
-], ids=["file-then-folder", "folder-then-file"])
+@pytest.mark.parametrize(
+    "members",
+    [
+        [("d/benign/x.png", "file"), ("d/benign/x.png/y.png", "file"), ("d/malignant/m.png", "file")],
+        [
+            ("d/benign/x.png", None),
+            ("d/benign/x.png/y.png", "file"),
+            ("d/benign/x.png", "file"),
+            ("d/malignant/m.png", "file"),
+        ],
+    ],
+    ids=["file-then-folder", "folder-then-file"],
+)
 def test_a_tar_holding_a_file_and_a_folder_of_one_name_is_refused(tmp_path, private_tmp, members):
-    archive = _tar(tmp_path / "dataset.tar.gz",
-                   [(name, None if kind is None else _png_bytes(i)) for i, (name, kind) in enumerate(members)])
+    archive = _tar(
+        tmp_path / "dataset.tar.gz",
+        [(name, None if kind is None else _png_bytes(i)) for i, (name, kind) in enumerate(members)],
+    )
     project = _project(tmp_path / "project", data__source=str(archive))
 
     result = run_cli(*INGEST, cwd=project, check=False)
@@ -354,23 +386,50 @@ def mathtext_project(synthetic_dataset, tmp_path_factory):
 
 def _trained(root: Path, source: Path, n_clusters: int = 3) -> Path:
     data = run_data_stages(root / "data", source, "gray", 32, 0.25)
-    featurize(data["images"], data["manifest"], root / "features", method="pixels",
-              cnn_params=cnn_params(SHIPPED.featurize.cnn), batch_size=SHIPPED.featurize.batch_size)
+    featurize(
+        data["images"],
+        data["manifest"],
+        root / "features",
+        method="pixels",
+        cnn_params=cnn_params(SHIPPED.featurize.cnn),
+        batch_size=SHIPPED.featurize.batch_size,
+    )
     features, index, _ = load_features(root / "features")
-    model = fit_model(np.asarray(features), np.array([r["split"] == "train" for r in index]), method="pixels",
-                      pca={**SHIPPED.train.pca.model_dump(), "n_components": 5},
-                      kmeans={**SHIPPED.train.kmeans.model_dump(), "n_clusters": n_clusters, "n_init": 2},
-                      scalable=SHIPPED.train.scalable.model_dump(), pca_on_all=False)
+    model = fit_model(
+        np.asarray(features),
+        np.array([r["split"] == "train" for r in index]),
+        method="pixels",
+        pca={**SHIPPED.train.pca.model_dump(), "n_components": 5},
+        kmeans={**SHIPPED.train.kmeans.model_dump(), "n_clusters": n_clusters, "n_init": 2},
+        scalable=SHIPPED.train.scalable.model_dump(),
+        pca_on_all=False,
+    )
     joblib.dump(model, root / "model.joblib")
     write_params(root)
     return root
 
 
 def _evaluate(root: Path, *extra: str, check: bool = True):
-    return run_cli("evaluate", "--features", "features", "--model", "model.joblib", "--images", "data/augmented",
-                   "--metrics", "evaluation/metrics.json", "--plots", "evaluation/plots",
-                   "--predictions", "evaluation/predictions.csv", "--run-info", "evaluation/mlflow_run.json",
-                   *extra, cwd=root, check=check)
+    return run_cli(
+        "evaluate",
+        "--features",
+        "features",
+        "--model",
+        "model.joblib",
+        "--images",
+        "data/augmented",
+        "--metrics",
+        "evaluation/metrics.json",
+        "--plots",
+        "evaluation/plots",
+        "--predictions",
+        "evaluation/predictions.csv",
+        "--run-info",
+        "evaluation/mlflow_run.json",
+        *extra,
+        cwd=root,
+        check=check,
+    )
 
 
 def test_evaluate_succeeds_with_a_mathtext_class_folder(mathtext_project):
@@ -401,8 +460,9 @@ def test_a_failing_plot_leaves_metrics_json_as_it_was(mathtext_project, monkeypa
 def test_resize_width_beyond_the_bound_is_a_param_error_not_a_memory_error(tmp_path):
     _source(tmp_path / "stripped")
     project = _project(tmp_path / "project", resize__width=40000)
-    result = run_cli("resize", "--in", str(tmp_path / "stripped"), "--out", str(tmp_path / "resized"),
-                     cwd=project, check=False)
+    result = run_cli(
+        "resize", "--in", str(tmp_path / "stripped"), "--out", str(tmp_path / "resized"), cwd=project, check=False
+    )
     _fails_cleanly(result, "resize.width", str(MAX_IMAGE_SIDE))
     with pytest.raises(ParamError, match=str(MAX_IMAGE_SIDE)):
         resize_images(tmp_path / "stripped", tmp_path / "resized", 16, 40000, "gray", "lanczos", workers=1)
@@ -457,10 +517,8 @@ def test_several_classes_and_clusters_give_no_warning(mathtext_project, monkeypa
 
 def test_one_cluster_and_nan_metrics_are_warned_about():
     nan = float("nan")
-    values = {"ari": 0.0, "nmi": 0.0, "cluster_accuracy": 0.5, "silhouette": nan, "n_samples": 4,
-              "n_clusters_found": 1}
-    result = {"metrics": {"test": values}, "splits": np.array(["test"] * 4),
-              "labels": np.array(["a", "b", "a", "b"])}
+    values = {"ari": 0.0, "nmi": 0.0, "cluster_accuracy": 0.5, "silhouette": nan, "n_samples": 4, "n_clusters_found": 1}
+    result = {"metrics": {"test": values}, "splits": np.array(["test"] * 4), "labels": np.array(["a", "b", "a", "b"])}
     warnings = evaluate_stage.metric_warnings(result)
     assert len(warnings) == 1 and "one cluster" in warnings[0] and "silhouette is undefined" in warnings[0]
     values.update(n_clusters_found=4, silhouette=nan)
@@ -472,19 +530,34 @@ def test_one_cluster_and_nan_metrics_are_warned_about():
 
 def test_strip_masks_lists_per_pattern_and_warns_about_masks_without_an_image(tmp_path):
     raw = tmp_path / "raw"
-    for name in ("benign (1).png", "benign (1)_mask.png", "benign (1)_mask_1.png", "scan_mask.png",
-                 "thumb.png", "thumb_small.png"):
+    for name in (
+        "benign (1).png",
+        "benign (1)_mask.png",
+        "benign (1)_mask_1.png",
+        "scan_mask.png",
+        "thumb.png",
+        "thumb_small.png",
+    ):
         _image(raw / "benign" / name)
     _image(raw / "normal" / "normal (1).png")
     project = _project(tmp_path / "project", strip_masks__patterns=["*_mask*.png", "*_small.png"])
 
-    result = run_cli("strip-masks", "--raw", str(raw), "--out", str(tmp_path / "stripped"),
-                     "--report", str(tmp_path / "strip_masks.json"), cwd=project)
+    result = run_cli(
+        "strip-masks",
+        "--raw",
+        str(raw),
+        "--out",
+        str(tmp_path / "stripped"),
+        "--report",
+        str(tmp_path / "strip_masks.json"),
+        cwd=project,
+    )
 
     report = json.loads((tmp_path / "strip_masks.json").read_text())
     assert report["removed_by_pattern"] == {
         "*_mask*.png": ["benign/benign (1)_mask.png", "benign/benign (1)_mask_1.png", "benign/scan_mask.png"],
-        "*_small.png": ["benign/thumb_small.png"]}
+        "*_small.png": ["benign/thumb_small.png"],
+    }
     assert report["n_removed_by_pattern"] == {"*_mask*.png": 3, "*_small.png": 1}
     assert report["masks_without_image"] == ["benign/scan_mask.png"]
     assert "3 by '*_mask*.png', 1 by '*_small.png'" in result.stdout
@@ -600,8 +673,12 @@ def test_a_missing_source_names_data_source(tmp_path):
 
 def test_the_outputs_data_source_may_not_overlap_are_those_of_dvc_yaml():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    outs = {next(iter(o)) if isinstance(o, dict) else o
-            for name, spec in stages.items() if name != "synthesize" for o in spec.get("outs", [])}
+    outs = {
+        next(iter(o)) if isinstance(o, dict) else o
+        for name, spec in stages.items()
+        if name != "synthesize"
+        for o in spec.get("outs", [])
+    }
     assert all(any(o == p or o.startswith(p + "/") for p in config.PIPELINE_OUTPUTS) for o in outs), outs
     assert all(any(o == p or o.startswith(p + "/") for o in outs) for p in config.PIPELINE_OUTPUTS)
     assert not any(o.startswith("data/synthetic") for o in outs)

@@ -32,8 +32,7 @@ from support.cli import run_cli
 from support.project import write_params
 
 DEADLINE_S = 30  # the issue's bar: finish (or fail) within 30 s, naming the file
-TRACKING_ENV = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV",
-                *store.HTTP_REQUEST_DEFAULTS)
+TRACKING_ENV = ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", *store.HTTP_REQUEST_DEFAULTS)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -115,8 +114,9 @@ def test_scan_lists_a_fifo_and_a_socket_as_ignored_without_opening_them(tmp_path
     os.mkfifo(source / "stray.png")  # beside the class folders
     sock = _socket_file(source / "normal" / "b.png")
     try:
-        in_time, result = _within(DEADLINE_S, [source / "benign" / "a.png", source / "stray.png"],
-                                  survey_source, source)
+        in_time, result = _within(
+            DEADLINE_S, [source / "benign" / "a.png", source / "stray.png"], survey_source, source
+        )
     finally:
         sock.close()
     assert in_time, "scanning the source blocked on a FIFO"
@@ -143,8 +143,20 @@ def test_ingest_with_a_special_file_named_like_an_image_finishes_and_names_it(tm
     write_params(tmp_path, data__source=str(source), ingest__skip_corrupt=False)
     try:
         start = time.monotonic()
-        in_time, proc = _within(DEADLINE_S, [special], run_cli, "ingest", "--out", str(raw), "--manifest",
-                                str(manifest), "--report", str(report), cwd=tmp_path, check=False)
+        in_time, proc = _within(
+            DEADLINE_S,
+            [special],
+            run_cli,
+            "ingest",
+            "--out",
+            str(raw),
+            "--manifest",
+            str(manifest),
+            "--report",
+            str(report),
+            cwd=tmp_path,
+            check=False,
+        )
         elapsed = time.monotonic() - start
     finally:
         if sock is not None:
@@ -212,9 +224,22 @@ def test_predict_cli_with_a_fifo_named_directly_writes_the_good_rows(tmp_path, f
     sock = _socket_file(tmp_path / "c.png")
     out = tmp_path / "out.csv"
     try:
-        in_time, proc = _within(DEADLINE_S, [fifo], run_cli, "predict", str(good[0]), str(fifo), str(tmp_path / "c.png"),
-                                str(good[1]), "--model", "runs:/r1/image_model", "-o", str(out), cwd=tmp_path,
-                                check=False)
+        in_time, proc = _within(
+            DEADLINE_S,
+            [fifo],
+            run_cli,
+            "predict",
+            str(good[0]),
+            str(fifo),
+            str(tmp_path / "c.png"),
+            str(good[1]),
+            "--model",
+            "runs:/r1/image_model",
+            "-o",
+            str(out),
+            cwd=tmp_path,
+            check=False,
+        )
     finally:
         sock.close()
     assert in_time, "imgclust predict blocked on a FIFO named on its command line"
@@ -235,14 +260,15 @@ def _old_memmap_store(path: Path, batches: list[np.ndarray], dtype) -> None:
     matrix = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_rows, n_features))
     written = 0
     for batch in batches:
-        matrix[written:written + len(batch)] = batch
+        matrix[written : written + len(batch)] = batch
         written += len(batch)
     matrix.flush()
     del matrix
 
 
-@pytest.mark.parametrize(("dtype", "source_dtype"), [(np.uint8, np.uint8), (np.float32, np.float64),
-                                                     (np.float32, np.float32)])
+@pytest.mark.parametrize(
+    ("dtype", "source_dtype"), [(np.uint8, np.uint8), (np.float32, np.float64), (np.float32, np.float32)]
+)
 def test_feature_file_is_byte_identical_to_the_memmap_way(tmp_path, dtype, source_dtype):
     rng = np.random.default_rng(0)
     scale = 255 if dtype is np.uint8 else 1
@@ -252,8 +278,9 @@ def test_feature_file_is_byte_identical_to_the_memmap_way(tmp_path, dtype, sourc
     writer = FeatureStoreWriter(tmp_path / "new", 17, 37, dtype)
     for batch in batches:
         writer.append(batch)
-    index = [{"file": f"c/{i}.png", "class": "c", "split": "train", "source": f"c/{i}.png", "op": "none"}
-             for i in range(17)]
+    index = [
+        {"file": f"c/{i}.png", "class": "c", "split": "train", "source": f"c/{i}.png", "op": "none"} for i in range(17)
+    ]
     writer.close(index, {"method": "pixels"})
     _old_memmap_store(tmp_path / "old" / FEATURES_FILE, batches, dtype)
 
@@ -274,7 +301,7 @@ class _SmallDisk:
     def write(self, data) -> int:
         data = bytes(data)
         if len(data) > self.room:
-            self.real.write(data[:self.room])
+            self.real.write(data[: self.room])
             self.room = 0
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self.room -= len(data)
@@ -289,8 +316,9 @@ def _featurize_inputs(root: Path, n: int = 12) -> tuple[Path, Path]:
     for i in range(n):
         cls = ("benign", "malignant", "normal")[i % 3]
         _image(images / cls / f"{i}.png", i, size=32)
-        rows.append({"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png",
-                     "op": "none"})
+        rows.append(
+            {"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png", "op": "none"}
+        )
     write_csv(root / "augmented.csv", rows, ("path", "class", "split", "source", "op"))
     return images, root / "augmented.csv"
 
@@ -301,12 +329,17 @@ def test_full_disk_while_featurizing_is_a_named_error_not_sigbus(tmp_path, monke
     does the same on a real 16 KiB tmpfs where unprivileged mounts are allowed)."""
     images, manifest = _featurize_inputs(tmp_path)
     real_open = open
-    monkeypatch.setattr(feature_store, "open", lambda path, mode="r", *a, **k: _SmallDisk(real_open(path, mode, *a, **k), 5000),
-                        raising=False)
+    monkeypatch.setattr(
+        feature_store,
+        "open",
+        lambda path, mode="r", *a, **k: _SmallDisk(real_open(path, mode, *a, **k), 5000),
+        raising=False,
+    )
     write_params(tmp_path, featurize__method="pixels", featurize__batch_size=4)
     out = tmp_path / "data" / "features"
-    proc = run_cli("featurize", "--in", str(images), "--manifest", str(manifest), "--out", str(out),
-                   cwd=tmp_path, check=False)
+    proc = run_cli(
+        "featurize", "--in", str(images), "--manifest", str(manifest), "--out", str(out), cwd=tmp_path, check=False
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "disk is full" in proc.stderr and FEATURES_FILE in proc.stderr
     assert not out.exists()
@@ -315,8 +348,12 @@ def test_full_disk_while_featurizing_is_a_named_error_not_sigbus(tmp_path, monke
 
 def test_feature_writer_turns_enospc_into_output_write_error(tmp_path, monkeypatch):
     real_open = open
-    monkeypatch.setattr(feature_store, "open", lambda path, mode="r", *a, **k: _SmallDisk(real_open(path, mode, *a, **k), 300),
-                        raising=False)
+    monkeypatch.setattr(
+        feature_store,
+        "open",
+        lambda path, mode="r", *a, **k: _SmallDisk(real_open(path, mode, *a, **k), 300),
+        raising=False,
+    )
     writer = FeatureStoreWriter(tmp_path, 10, 64, np.uint8)
     with pytest.raises(OutputWriteError, match="disk is full") as info:
         for _ in range(5):
@@ -417,7 +454,7 @@ def _dead_pid() -> int:
     try:
         return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
     except OSError:
-        return 2 ** 22 + 1
+        return 2**22 + 1
 
 
 def test_runs_left_running_by_a_dead_process_of_this_host_are_marked_failed(tracking_env, tmp_path):
@@ -433,8 +470,11 @@ def test_runs_left_running_by_a_dead_process_of_this_host_are_marked_failed(trac
         "reused_pid": {**me, runs.PID_START_TAG: "1"},  # our pid, but started at another time
         "alive": me,
         "other_host": {runs.PID_TAG: str(_dead_pid()), runs.HOST_TAG: host + ".elsewhere"},
-        "other_container": {runs.PID_TAG: str(_dead_pid()), runs.HOST_TAG: host,
-                            runs.PID_NAMESPACE_TAG: "pid:[4026531836000]"},
+        "other_container": {
+            runs.PID_TAG: str(_dead_pid()),
+            runs.HOST_TAG: host,
+            runs.PID_NAMESPACE_TAG: "pid:[4026531836000]",
+        },
         "untagged": {},
     }
     ids = {name: client.create_run(experiment, tags=tags).info.run_id for name, tags in made.items()}
@@ -445,8 +485,14 @@ def test_runs_left_running_by_a_dead_process_of_this_host_are_marked_failed(trac
 
     assert sorted(failed) == sorted([ids["dead"], ids["reused_pid"]])
     status = {name: client.get_run(run_id).info.status for name, run_id in ids.items()}
-    assert status == {"dead": "FAILED", "reused_pid": "FAILED", "alive": "RUNNING", "other_host": "RUNNING",
-                      "other_container": "RUNNING", "untagged": "RUNNING"}
+    assert status == {
+        "dead": "FAILED",
+        "reused_pid": "FAILED",
+        "alive": "RUNNING",
+        "other_host": "RUNNING",
+        "other_container": "RUNNING",
+        "untagged": "RUNNING",
+    }
     assert client.get_run(finished).info.status == "FINISHED"
     assert "ended" in client.get_run(ids["dead"]).data.tags[runs.FAILED_REASON_TAG]
 
@@ -462,8 +508,9 @@ def test_logged_runs_record_their_process_and_clean_stale_ones(tracking_env, tmp
     store.configure()
     experiment = store.get_or_create_experiment("scan", store.local_store(tmp_path)[1])
     client = mlflow.MlflowClient()
-    stale = client.create_run(experiment, tags={runs.PID_TAG: str(_dead_pid()),
-                                                runs.HOST_TAG: socket.gethostname()}).info.run_id
+    stale = client.create_run(
+        experiment, tags={runs.PID_TAG: str(_dead_pid()), runs.HOST_TAG: socket.gethostname()}
+    ).info.run_id
     run_id = runs.log_scan([{"k": 2, "inertia": 1.0}, {"k": 3, "inertia": 0.5}], {"ks": [2, 3]}, "pixels", [], "scan")
     tags = client.get_run(run_id).data.tags
     assert tags[runs.PID_TAG] == str(os.getpid()) and tags[runs.HOST_TAG] == socket.gethostname()
@@ -483,8 +530,9 @@ def test_log_run_fails_dead_runs_then_starts_its_run_with_process_tags(tracking_
     store.configure(root=tmp_path)
     experiment = store.get_or_create_experiment("pipeline", store.local_store(tmp_path)[1])
     client = mlflow.MlflowClient()
-    stale = client.create_run(experiment, tags={runs.PID_TAG: str(_dead_pid()),
-                                                runs.HOST_TAG: socket.gethostname()}).info.run_id
+    stale = client.create_run(
+        experiment, tags={runs.PID_TAG: str(_dead_pid()), runs.HOST_TAG: socket.gethostname()}
+    ).info.run_id
     started = {}
 
     def start_run(**kwargs):
@@ -493,9 +541,19 @@ def test_log_run_fails_dead_runs_then_starts_its_run_with_process_tags(tracking_
 
     tracking_env.setattr(mlflow, "start_run", start_run)
     with pytest.raises(_StartRun):
-        runs.log_run(experiment="pipeline", params={}, metrics={}, tags={"featurize.method": "pixels"}, artifacts=[],
-                     cluster_classes={}, summary={}, model=None, model_input_example=np.zeros((1, 2)),
-                     image_pipeline=types.SimpleNamespace(named_steps={"features": object()}), root=tmp_path)
+        runs.log_run(
+            experiment="pipeline",
+            params={},
+            metrics={},
+            tags={"featurize.method": "pixels"},
+            artifacts=[],
+            cluster_classes={},
+            summary={},
+            model=None,
+            model_input_example=np.zeros((1, 2)),
+            image_pipeline=types.SimpleNamespace(named_steps={"features": object()}),
+            root=tmp_path,
+        )
     assert started["stale_status"] == "FAILED", "stale runs are failed before the new run starts"
     assert started["experiment_id"] == experiment
     assert started["tags"]["featurize.method"] == "pixels"
@@ -519,8 +577,10 @@ class _Payload:
 def _crafted_model(folder: Path, marker: Path) -> Path:
     folder.mkdir(parents=True)
     (folder / "python_model.pkl").write_bytes(pickle.dumps(_Payload(marker), protocol=4))
-    (folder / "MLmodel").write_text("flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n"
-                                    "    python_model: python_model.pkl\n    python_version: 3.11.0\n")
+    (folder / "MLmodel").write_text(
+        "flavors:\n  python_function:\n    loader_module: mlflow.pyfunc.model\n"
+        "    python_model: python_model.pkl\n    python_version: 3.11.0\n"
+    )
     return folder
 
 
@@ -530,8 +590,7 @@ def test_predict_refuses_a_model_folder_without_trust(tracking_env, tmp_path, fo
     folder = _crafted_model(tmp_path / "evil", marker)
     image = _image(tmp_path / "x.png")
     model = {"folder": str(folder), "file_uri": folder.as_uri(), "relative": "evil"}[form]
-    proc = run_cli("predict", str(image), "--model", model, "-o", str(tmp_path / "out.csv"), cwd=tmp_path,
-                   check=False)
+    proc = run_cli("predict", str(image), "--model", model, "-o", str(tmp_path / "out.csv"), cwd=tmp_path, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--trust" in proc.stderr and "refusing to load model" in proc.stderr and "models:/" in proc.stderr
     assert not marker.exists(), "the crafted pickle was loaded"
@@ -543,21 +602,41 @@ def test_predict_with_trust_does_load_the_folder(tracking_env, tmp_path):
     marker = tmp_path / "PWNED"
     folder = _crafted_model(tmp_path / "evil", marker)
     with contextlib.suppress(Exception):  # the crafted model is no model: loading it fails after the payload
-        proc = run_cli("predict", str(_image(tmp_path / "x.png")), "--model", str(folder), "--trust",
-                       "-o", str(tmp_path / "out.csv"), cwd=tmp_path, check=False)
+        proc = run_cli(
+            "predict",
+            str(_image(tmp_path / "x.png")),
+            "--model",
+            str(folder),
+            "--trust",
+            "-o",
+            str(tmp_path / "out.csv"),
+            cwd=tmp_path,
+            check=False,
+        )
         assert proc.returncode != 0
     assert marker.exists()
 
 
-@pytest.mark.parametrize("uri", ["models:/imgclust@champion", "models:/imgclust/3", "runs:/abc123/image_model",
-                                 "models:/m-0123456789abcdef"])
+@pytest.mark.parametrize(
+    "uri", ["models:/imgclust@champion", "models:/imgclust/3", "runs:/abc123/image_model", "models:/m-0123456789abcdef"]
+)
 def test_store_uris_need_no_trust(uri):
     predict_tool.check_model_uri(uri)
 
 
-@pytest.mark.parametrize("uri", ["models://profile@databricks/imgclust/1", "runs:/abc/../../../../tmp/evil",
-                                 "s3://bucket/model", "file:///tmp/model", "/tmp/model", "model", "C:/model",
-                                 "mlflow-artifacts:/0/abc/artifacts/image_model"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "models://profile@databricks/imgclust/1",
+        "runs:/abc/../../../../tmp/evil",
+        "s3://bucket/model",
+        "file:///tmp/model",
+        "/tmp/model",
+        "model",
+        "C:/model",
+        "mlflow-artifacts:/0/abc/artifacts/image_model",
+    ],
+)
 def test_other_locations_need_trust(uri):
     from imgclust.errors import ParamError
 

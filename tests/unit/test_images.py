@@ -37,9 +37,9 @@ def _check_8bit(array: np.ndarray, color_mode: str, hw: tuple[int, int]) -> None
 @pytest.mark.parametrize("color_mode", ["gray", "rgb"])
 def test_rgba_png_is_composited_onto_black(tmp_path, color_mode):
     rgba = np.zeros((4, 6, 4), dtype=np.uint8)
-    rgba[..., 0] = 255          # red everywhere
-    rgba[:2, :, 3] = 255        # top half opaque
-    rgba[2:, :, 3] = 0          # bottom half fully transparent
+    rgba[..., 0] = 255  # red everywhere
+    rgba[:2, :, 3] = 255  # top half opaque
+    rgba[2:, :, 3] = 0  # bottom half fully transparent
     path = tmp_path / "rgba.png"
     Image.fromarray(rgba, mode="RGBA").save(path)
 
@@ -112,7 +112,7 @@ def test_cmyk_jpeg_is_decoded_to_rgb(tmp_path):
 @pytest.mark.parametrize("orientation, bright_half", [(6, "top"), (8, "bottom")])
 def test_exif_rotated_jpeg_is_turned_upright(tmp_path, orientation, bright_half):
     stored = np.zeros((20, 30), dtype=np.uint8)  # stored 30 wide, 20 tall
-    stored[:, :15] = 230                         # left half bright
+    stored[:, :15] = 230  # left half bright
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = orientation
     path = tmp_path / f"rot{orientation}.jpg"

@@ -21,8 +21,11 @@ JUNK = {".DS_Store": b"\x00\x00\x00\x01Bud1", "notes.txt": b"scanner notes\n", "
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_symlink()
+    }
 
 
 def _read_manifest(path: Path) -> list[dict]:
@@ -46,7 +49,9 @@ def _make_source(root: Path, counts: dict[str, int] | None = None, junk: bool = 
             elif i % 3 == 1:
                 Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(folder / f"{cls} ({i}).png")
             else:
-                Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA").save(folder / f"{cls} ({i}).png")
+                Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA").save(
+                    folder / f"{cls} ({i}).png"
+                )
         if junk:
             for name, data in JUNK.items():
                 (folder / name).write_bytes(data)
@@ -251,8 +256,17 @@ def test_cli_ingest_round_trip(tmp_path):
 def test_cli_bad_source_exits_2_naming_the_path(tmp_path, kind):
     source, _, named = _bad_source(kind, tmp_path)
     write_params(tmp_path, data__source=str(source))
-    proc = run_cli("ingest", "--out", str(tmp_path / "raw"), "--manifest", str(tmp_path / "raw.csv"),
-                   "--report", str(tmp_path / "r.json"), cwd=tmp_path, check=False)
+    proc = run_cli(
+        "ingest",
+        "--out",
+        str(tmp_path / "raw"),
+        "--manifest",
+        str(tmp_path / "raw.csv"),
+        "--report",
+        str(tmp_path / "r.json"),
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert str(named) in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -262,8 +276,15 @@ def test_cli_bad_source_exits_2_naming_the_path(tmp_path, kind):
 def test_cli_truncated_image_fails_then_skip_corrupt_true_skips_it(tmp_path):
     source = _make_source(tmp_path / "src")
     victim = _truncate_one(source)
-    args = ["ingest", "--out", str(tmp_path / "raw"), "--manifest", str(tmp_path / "raw.csv"),
-            "--report", str(tmp_path / "r.json")]
+    args = [
+        "ingest",
+        "--out",
+        str(tmp_path / "raw"),
+        "--manifest",
+        str(tmp_path / "raw.csv"),
+        "--report",
+        str(tmp_path / "r.json"),
+    ]
     write_params(tmp_path, data__source=str(source), ingest__skip_corrupt=False)
     failed = run_cli(*args, cwd=tmp_path, check=False)
     assert failed.returncode == 2

@@ -27,6 +27,7 @@ CLASSES = ("benign", "malignant", "normal")
 
 def images(min_side: int = 1, max_side: int = 12, square: bool = False):
     """uint8 arrays (H, W) gray or (H, W, 3) RGB with random sides and pixels."""
+
     def shape(draw_sides):
         h, w, rgb = draw_sides
         return (h, h if square else w, 3) if rgb else (h, h if square else w)
@@ -53,9 +54,13 @@ def _load(path: Path) -> np.ndarray:
 
 
 @FAST
-@given(items=st.lists(st.tuples(st.sampled_from(CLASSES), images()), min_size=1, max_size=5),
-       width=st.integers(1, 16), height=st.integers(1, 16), mode=st.sampled_from(["gray", "rgb"]),
-       resample=st.sampled_from(["nearest", "bilinear", "lanczos"]))
+@given(
+    items=st.lists(st.tuples(st.sampled_from(CLASSES), images()), min_size=1, max_size=5),
+    width=st.integers(1, 16),
+    height=st.integers(1, 16),
+    mode=st.sampled_from(["gray", "rgb"]),
+    resample=st.sampled_from(["nearest", "bilinear", "lanczos"]),
+)
 def test_resize_gives_the_requested_size_and_mode_and_keeps_the_class(items, width, height, mode, resample):
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "src", Path(tmp) / "out"
@@ -104,13 +109,19 @@ def test_ops_are_the_symmetries_of_the_square(array):
 
 
 @FAST
-@given(counts=st.lists(st.integers(1, 6), min_size=2, max_size=3),
-       ops=st.lists(st.sampled_from(["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]), min_size=1, max_size=5,
-                    unique=True),
-       seed=st.integers(0, 2**16))
+@given(
+    counts=st.lists(st.integers(1, 6), min_size=2, max_size=3),
+    ops=st.lists(
+        st.sampled_from(["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]), min_size=1, max_size=5, unique=True
+    ),
+    seed=st.integers(0, 2**16),
+)
 def test_plan_honest_never_repeats_an_op_per_source_and_balances_train(counts, ops, seed):
-    split = [{"path": f"{cls}/{i}.png", "class": cls, "split": "train"}
-             for cls, n in zip(CLASSES, counts, strict=False) for i in range(n)]
+    split = [
+        {"path": f"{cls}/{i}.png", "class": cls, "split": "train"}
+        for cls, n in zip(CLASSES, counts, strict=False)
+        for i in range(n)
+    ]
     goal = max(counts)
     if any(goal - n > n * len(ops) for n in counts):
         with pytest.raises(ParamError):
@@ -125,8 +136,13 @@ def test_plan_honest_never_repeats_an_op_per_source_and_balances_train(counts, o
 
 
 @FAST
-@given(side=st.integers(1, 8), counts=st.lists(st.integers(1, 4), min_size=2, max_size=3),
-       n_test=st.integers(0, 1), seed=st.integers(0, 1000), data=st.data())
+@given(
+    side=st.integers(1, 8),
+    counts=st.lists(st.integers(1, 4), min_size=2, max_size=3),
+    n_test=st.integers(0, 1),
+    seed=st.integers(0, 1000),
+    data=st.data(),
+)
 def test_augment_copies_are_the_op_of_their_source_in_the_same_class(side, counts, n_test, seed, data):
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "resized"
@@ -138,8 +154,20 @@ def test_augment_copies_are_the_op_of_their_source_in_the_same_class(side, count
                 split.append({"path": rel, "class": cls, "split": "test" if i < n_test and n > 1 else "train"})
         write_csv(Path(tmp) / "split.csv", split, SPLIT_FIELDS)
         ops = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
-        augment(src, Path(tmp) / "split.csv", Path(tmp) / "out", Path(tmp) / "aug.csv", protocol="honest", ops=ops,
-                target="max", seed=seed, tutorial_ops=TUTORIAL_OPS, test_size=0.1, split_seed=0, workers=1)
+        augment(
+            src,
+            Path(tmp) / "split.csv",
+            Path(tmp) / "out",
+            Path(tmp) / "aug.csv",
+            protocol="honest",
+            ops=ops,
+            target="max",
+            seed=seed,
+            tutorial_ops=TUTORIAL_OPS,
+            test_size=0.1,
+            split_seed=0,
+            workers=1,
+        )
         with open(Path(tmp) / "aug.csv", newline="") as fh:
             plan = list(csv.DictReader(fh))
         tests = {row["path"] for row in split if row["split"] == "test"}

@@ -44,8 +44,16 @@ def _mixed(root: Path) -> Path:
     return root
 
 
-EXPECTED_NAMES = {"benign/gray.png", "benign/color.png", "benign/alpha.png", "benign/deep.png",
-                  "malignant/cmyk.png", "malignant/pal.png", "malignant/sub/rotated.png", "malignant/sub/bits.png"}
+EXPECTED_NAMES = {
+    "benign/gray.png",
+    "benign/color.png",
+    "benign/alpha.png",
+    "benign/deep.png",
+    "malignant/cmyk.png",
+    "malignant/pal.png",
+    "malignant/sub/rotated.png",
+    "malignant/sub/bits.png",
+}
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +104,15 @@ def test_every_resample_filter_works(tmp_path, resample):
     np.testing.assert_array_equal(resized, expected)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(resample="cubic"), "resample"),
-    (dict(color_mode="grey"), "color mode"),
-    (dict(width=0), "resize.width"),
-    (dict(height=-5), "resize.height"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(resample="cubic"), "resample"),
+        (dict(color_mode="grey"), "color mode"),
+        (dict(width=0), "resize.width"),
+        (dict(height=-5), "resize.height"),
+    ],
+)
 def test_bad_params_are_param_errors_before_any_output(tmp_path, mixed, kwargs, match):
     args = dict(width=32, height=32, color_mode="gray", resample="lanczos") | kwargs
     with pytest.raises(ParamError, match=match):
@@ -139,8 +150,7 @@ def test_forty_images_through_the_process_pool(tmp_path):
     assert result["images_per_class"] == {"a": 14, "b": 13, "c": 13}
     for path in sources:
         rel = path.relative_to(src)
-        np.testing.assert_array_equal(np.asarray(Image.open(out / rel)),
-                                      load_array(path, "gray", (16, 12), "bilinear"))
+        np.testing.assert_array_equal(np.asarray(Image.open(out / rel)), load_array(path, "gray", (16, 12), "bilinear"))
 
 
 def test_missing_input_folder_is_an_imgclust_error_naming_it(tmp_path):

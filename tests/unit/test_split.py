@@ -36,8 +36,13 @@ def test_list_images_lists_class_images_only(tmp_path):
     (root / "a" / ".hidden.png").write_bytes(b"")
     (root / "loose.png").write_bytes(b"")
     (root / ".cache").mkdir()
-    assert list_images(root) == [("a/a (1).png", "a"), ("a/a (2).png", "a"), ("a/a (3).png", "a"),
-                                 ("b/b (1).png", "b"), ("b/b (2).png", "b")]
+    assert list_images(root) == [
+        ("a/a (1).png", "a"),
+        ("a/a (2).png", "a"),
+        ("a/a (3).png", "a"),
+        ("b/b (1).png", "b"),
+        ("b/b (2).png", "b"),
+    ]
 
 
 def test_split_is_stratified(tmp_path):
@@ -70,12 +75,15 @@ def test_out_of_range_test_size_is_a_param_error(test_size):
         split_rows(_items(), test_size, seed=0)
 
 
-@pytest.mark.parametrize("counts, test_size", [
-    ({"benign": 10, "malignant": 5, "normal": 1}, 0.2),   # a class of one image
-    ({"benign": 10, "malignant": 5, "normal": 5}, 0.1),   # 2 test slots for 3 classes
-    ({"benign": 2, "malignant": 2, "normal": 2}, 0.7),    # 1 train slot for 3 classes
-    ({"benign": 2, "malignant": 2, "normal": 2}, 0.9),    # no train slot at all
-])
+@pytest.mark.parametrize(
+    "counts, test_size",
+    [
+        ({"benign": 10, "malignant": 5, "normal": 1}, 0.2),  # a class of one image
+        ({"benign": 10, "malignant": 5, "normal": 5}, 0.1),  # 2 test slots for 3 classes
+        ({"benign": 2, "malignant": 2, "normal": 2}, 0.7),  # 1 train slot for 3 classes
+        ({"benign": 2, "malignant": 2, "normal": 2}, 0.9),  # no train slot at all
+    ],
+)
 def test_impossible_stratification_is_a_param_error(counts, test_size):
     with pytest.raises(ParamError) as info:
         split_rows(_items(counts), test_size, seed=0)

@@ -23,8 +23,11 @@ DEFAULT = ["*_mask*.png"]
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _files(root: Path) -> set[str]:
@@ -167,8 +170,17 @@ def test_cli_class_of_only_masks_exits_2(tmp_path):
     raw = _raw(tmp_path / "raw")
     _png(raw / "normal" / "normal (1)_mask.png", 255)
     write_params(tmp_path)
-    proc = run_cli("strip-masks", "--raw", str(raw), "--out", str(tmp_path / "out"),
-                   "--report", str(tmp_path / "r.json"), cwd=tmp_path, check=False)
+    proc = run_cli(
+        "strip-masks",
+        "--raw",
+        str(raw),
+        "--out",
+        str(tmp_path / "out"),
+        "--report",
+        str(tmp_path / "r.json"),
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert str(raw / "normal") in proc.stderr and "Traceback" not in proc.stderr
 
@@ -176,7 +188,16 @@ def test_cli_class_of_only_masks_exits_2(tmp_path):
 def test_cli_missing_raw_folder_exits_2_naming_it(tmp_path):
     missing = tmp_path / "data" / "raw"
     write_params(tmp_path)
-    proc = run_cli("strip-masks", "--raw", str(missing), "--out", str(tmp_path / "out"),
-                   "--report", str(tmp_path / "r.json"), cwd=tmp_path, check=False)
+    proc = run_cli(
+        "strip-masks",
+        "--raw",
+        str(missing),
+        "--out",
+        str(tmp_path / "out"),
+        "--report",
+        str(tmp_path / "r.json"),
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-400:]
     assert str(missing) in proc.stderr and "Traceback" not in proc.stderr

@@ -167,12 +167,20 @@ def test_dvc_tags(isolated_mlflow):
 
 
 def test_flatten():
-    params = {"protocol": "honest", "train": {"pca": {"n_components": 50, "whiten": False},
-                                              "kmeans": {"n_clusters": 3}},
-              "augment": {"ops": ["rot180", "flip_lr"]}, "none": None, "empty": {}}
+    params = {
+        "protocol": "honest",
+        "train": {"pca": {"n_components": 50, "whiten": False}, "kmeans": {"n_clusters": 3}},
+        "augment": {"ops": ["rot180", "flip_lr"]},
+        "none": None,
+        "empty": {},
+    }
     assert naming.flatten(params) == {
-        "protocol": "honest", "train.pca.n_components": 50, "train.pca.whiten": False,
-        "train.kmeans.n_clusters": 3, "augment.ops": ["rot180", "flip_lr"], "none": None,
+        "protocol": "honest",
+        "train.pca.n_components": 50,
+        "train.pca.whiten": False,
+        "train.kmeans.n_clusters": 3,
+        "augment.ops": ["rot180", "flip_lr"],
+        "none": None,
     }
     assert naming.flatten({"a": {"b": 1}}, "p.") == {"p.a.b": 1}
 
@@ -202,8 +210,14 @@ def test_restore_params_from_logged_strings_keeps_types():
     assert logged == {k: naming.param_value(v) for k, v in naming.flatten(wanted).items()}
     params, changed = reproduce.restore_params(base, logged)
     assert params == wanted
-    assert set(changed) == {"train.kmeans.n_clusters", "train.pca.whiten", "split.test_size",
-                            "featurize.cnn.weights", "strip_masks.patterns", "data.source"}
+    assert set(changed) == {
+        "train.kmeans.n_clusters",
+        "train.pca.whiten",
+        "split.test_size",
+        "featurize.cnn.weights",
+        "strip_masks.patterns",
+        "data.source",
+    }
     assert changed["train.kmeans.n_clusters"] == (3, 5)
     # nothing logged differs: the commit's params are left exactly as they are
     same = {k: ("null" if v is None else str(v)) for k, v in naming.flatten(base).items()}
@@ -211,9 +225,10 @@ def test_restore_params_from_logged_strings_keeps_types():
 
 
 def test_restore_params_creates_keys_the_commit_lacks():
-    params, changed = reproduce.restore_params({"train": {"kmeans": {"n_clusters": 3}}},
-                                               {"train.kmeans.n_clusters": "3", "train.kmeans.algorithm": "elkan",
-                                                "evaluate.thumbnails": "4"})
+    params, changed = reproduce.restore_params(
+        {"train": {"kmeans": {"n_clusters": 3}}},
+        {"train.kmeans.n_clusters": "3", "train.kmeans.algorithm": "elkan", "evaluate.thumbnails": "4"},
+    )
     assert params == {"train": {"kmeans": {"n_clusters": 3, "algorithm": "elkan"}}, "evaluate": {"thumbnails": 4}}
     assert set(changed) == {"train.kmeans.algorithm", "evaluate.thumbnails"}
 
@@ -222,14 +237,25 @@ def test_compare_and_check_report_every_difference(tmp_path):
     metrics_json = {"train": {"ari": 0.5, "silhouette": None}, "test": {"ari": 0.25, "nmi": 0.7}}
     reproduced = naming.split_metrics(metrics_json)
     assert reproduced == {"train_ari": 0.5, "test_ari": 0.25, "test_nmi": 0.7}
-    checks = reproduce.compare_values({"train_ari": 0.5 + 1e-12, "test_ari": 0.3, "test_ami": 0.1}, reproduced,
-                                      tolerance=1e-9)
+    checks = reproduce.compare_values(
+        {"train_ari": 0.5 + 1e-12, "test_ari": 0.3, "test_ami": 0.1}, reproduced, tolerance=1e-9
+    )
     verdict = {c.name: c.match for c in checks}
     assert verdict == {"train_ari": True, "test_ari": False, "test_ami": False, "test_nmi": False}
     hashes = reproduce.compare_values({"data.ingest.data/raw": "a.dir"}, {"data.ingest.data/raw": "b.dir"})
     result = reproduce.ReproduceResult(
-        run_id="r1", repo="repo", workdir=tmp_path, git_commit="c" * 40, git_dirty=True, params_restored={},
-        source_rewritten=None, pulled=None, metrics=checks, hashes=hashes, new_run_id=None)
+        run_id="r1",
+        repo="repo",
+        workdir=tmp_path,
+        git_commit="c" * 40,
+        git_dirty=True,
+        params_restored={},
+        source_rewritten=None,
+        pulled=None,
+        metrics=checks,
+        hashes=hashes,
+        new_run_id=None,
+    )
     assert not result.matches and len(result.mismatches) == 4
     text = reproduce.format_result(result)
     assert text.count("DIFFERS") == 4 and "data.ingest.data/raw" in text
@@ -285,8 +311,10 @@ def test_a_source_outside_the_repository_is_read_next_to_the_original(tmp_path):
 def test_evaluate_outputs_follow_the_checked_out_dvc_yaml(tmp_path):
     """reproduce reads the re-run's metrics and run id where the commit's dvc.yaml puts them."""
     (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
-    assert reproduce._evaluate_outputs(tmp_path) == (tmp_path / "evaluation" / "metrics.json",
-                                                     tmp_path / "evaluation" / "mlflow_run.json")
+    assert reproduce._evaluate_outputs(tmp_path) == (
+        tmp_path / "evaluation" / "metrics.json",
+        tmp_path / "evaluation" / "mlflow_run.json",
+    )
 
 
 # ---------------------------------------------------------------- log_run into a real SQLite store
@@ -311,21 +339,37 @@ def test_log_run_into_a_sqlite_store_round_trips(isolated_mlflow, tmp_path):
         Image.fromarray(array).save(paths[-1])
     features = images.reshape(len(images), -1)
     is_train = np.arange(len(images)) % 4 != 0
-    model = fit_model(features, is_train, method="pixels", pca={"n_components": 2, "whiten": False,
-                                                                  "svd_solver": "full"},
-                      kmeans={"n_clusters": 2, "n_init": 3, "random_state": 0},
-                      scalable={"threshold": 0, "batch_size": 8}, pca_on_all=False)
+    model = fit_model(
+        features,
+        is_train,
+        method="pixels",
+        pca={"n_components": 2, "whiten": False, "svd_solver": "full"},
+        kmeans={"n_clusters": 2, "n_init": 3, "random_state": 0},
+        scalable={"threshold": 0, "batch_size": 8},
+        pca_on_all=False,
+    )
     expected = model.predict(features)
-    params = {"protocol": "honest", "train": {"pca": {"n_components": 2, "whiten": False}},
-              "featurize": {"cnn": {"weights": None}}, "augment": {"ops": ["rot180", "flip_lr"]},
-              "data": {"source": "1.5", "sha256": ""}}
+    params = {
+        "protocol": "honest",
+        "train": {"pca": {"n_components": 2, "whiten": False}},
+        "featurize": {"cnn": {"weights": None}},
+        "augment": {"ops": ["rot180", "flip_lr"]},
+        "data": {"source": "1.5", "sha256": ""},
+    }
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"ari": 0.75}}))
     info = runs.log_run(
-        experiment="unit-exp", params=params, metrics={"test_ari": 0.75, "train_ari": 1.0},
+        experiment="unit-exp",
+        params=params,
+        metrics={"test_ari": 0.75, "train_ari": 1.0},
         tags={"featurize.method": "pixels", naming.KIND_TAG: naming.PIPELINE_KIND, "data.x.y": "a" * 32},
-        artifacts=[tmp_path / "metrics.json", tmp_path / "missing.json"], cluster_classes={"0": "benign", "1": "normal"},
-        summary={"features": {"method": "pixels"}}, model=model, model_input_example=features[:2],
-        image_pipeline=image_pipeline(ImageLoader(8, 8, "gray", "lanczos"), PixelFeatures(), model), root=tmp_path)
+        artifacts=[tmp_path / "metrics.json", tmp_path / "missing.json"],
+        cluster_classes={"0": "benign", "1": "normal"},
+        summary={"features": {"method": "pixels"}},
+        model=model,
+        model_input_example=features[:2],
+        image_pipeline=image_pipeline(ImageLoader(8, 8, "gray", "lanczos"), PixelFeatures(), model),
+        root=tmp_path,
+    )
 
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert info["tracking_uri"] == uri and (tmp_path / "mlruns" / "mlflow.db").is_file()

@@ -28,27 +28,47 @@ OPS = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
 SHIPPED = config.load(path=REPO / "params.yaml")  # the project's params.yaml
 
 
-def settings(*, n_components: int | None, whiten: bool | None = None, svd_solver: str | None = None,
-             n_clusters: int | None = None, n_init: int | None = None, random_state: int | None = None,
-             threshold: int | None = None, batch_size: int | None = None, pca_on_all: bool = False) -> dict:
+def settings(
+    *,
+    n_components: int | None,
+    whiten: bool | None = None,
+    svd_solver: str | None = None,
+    n_clusters: int | None = None,
+    n_init: int | None = None,
+    random_state: int | None = None,
+    threshold: int | None = None,
+    batch_size: int | None = None,
+    pca_on_all: bool = False,
+) -> dict:
     """fit_model's settings: the shipped train.* sections with the given values in place."""
     train = SHIPPED.train
-    given = {"pca": {"n_components": n_components, "whiten": whiten, "svd_solver": svd_solver},
-             "kmeans": {"n_clusters": n_clusters, "n_init": n_init, "random_state": random_state},
-             "scalable": {"threshold": threshold, "batch_size": batch_size}}
-    result = {section: {**getattr(train, section).model_dump(),
-                        **{key: value for key, value in values.items() if value is not None}}
-              for section, values in given.items()}
+    given = {
+        "pca": {"n_components": n_components, "whiten": whiten, "svd_solver": svd_solver},
+        "kmeans": {"n_clusters": n_clusters, "n_init": n_init, "random_state": random_state},
+        "scalable": {"threshold": threshold, "batch_size": batch_size},
+    }
+    result = {
+        section: {
+            **getattr(train, section).model_dump(),
+            **{key: value for key, value in values.items() if value is not None},
+        }
+        for section, values in given.items()
+    }
     result["pca"]["n_components"] = n_components  # None or 0: no PCA
     return {**result, "pca_on_all": pca_on_all}
 
 
-def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE,
-                   test_size: float = 0.25) -> Path:
+def build_features(root: Path, source: Path, mode: str = "gray", size: int = SIZE, test_size: float = 0.25) -> Path:
     """Run the real data stages and featurize (pixels) on ``source``; return the features folder."""
     data = run_data_stages(root, source, mode, size, test_size)
-    featurize(data["images"], data["manifest"], root / "features", method="pixels",
-              cnn_params=cnn_params(SHIPPED.featurize.cnn), batch_size=SHIPPED.featurize.batch_size)
+    featurize(
+        data["images"],
+        data["manifest"],
+        root / "features",
+        method="pixels",
+        cnn_params=cnn_params(SHIPPED.featurize.cnn),
+        batch_size=SHIPPED.featurize.batch_size,
+    )
     return root / "features"
 
 
@@ -97,8 +117,7 @@ def test_pca_on_all_rows_when_asked(data):
 @pytest.mark.parametrize("pca_on_all", [False, True])
 def test_kmeans_is_fitted_on_train_rows_only(data, pca_on_all):
     features, is_train, _ = data
-    pipeline = fit_model(features, is_train, method="pixels",
-                         **settings(n_components=5, pca_on_all=pca_on_all))
+    pipeline = fit_model(features, is_train, method="pixels", **settings(n_components=5, pca_on_all=pca_on_all))
     kmeans = pipeline.named_steps["kmeans"]
     assert kmeans.labels_.shape == (int(is_train.sum()),)
     np.testing.assert_array_equal(kmeans.labels_, pipeline.predict(features[is_train]))
@@ -106,12 +125,20 @@ def test_kmeans_is_fitted_on_train_rows_only(data, pca_on_all):
 
 def test_kmeans_and_pca_parameters_are_honoured(data):
     features, is_train, _ = data
-    pipeline = fit_model(features, is_train, method="pixels",
-                         **settings(n_components=7, whiten=True, svd_solver="full", n_clusters=4, n_init=3,
-                                    random_state=11))
+    pipeline = fit_model(
+        features,
+        is_train,
+        method="pixels",
+        **settings(n_components=7, whiten=True, svd_solver="full", n_clusters=4, n_init=3, random_state=11),
+    )
     pca, kmeans = pipeline.named_steps["pca"], pipeline.named_steps["kmeans"]
-    assert (pca.n_components, pca.n_components_, pca.whiten, pca.svd_solver, pca.random_state) == \
-        (7, 7, True, "full", 11)
+    assert (pca.n_components, pca.n_components_, pca.whiten, pca.svd_solver, pca.random_state) == (
+        7,
+        7,
+        True,
+        "full",
+        11,
+    )
     assert (kmeans.n_clusters, kmeans.n_init, kmeans.random_state) == (4, 3, 11)
     assert kmeans.cluster_centers_.shape == (4, 7)
     assert set(pipeline.predict(features).tolist()) <= {0, 1, 2, 3}
@@ -123,8 +150,7 @@ def test_kmeans_and_pca_parameters_are_honoured(data):
 @pytest.mark.parametrize("n_components", [None, 0])
 def test_no_pca_step_without_components(data, n_components):
     features, is_train, _ = data
-    pipeline = fit_model(features, is_train, method="pixels",
-                         **settings(n_components=n_components, n_clusters=3))
+    pipeline = fit_model(features, is_train, method="pixels", **settings(n_components=n_components, n_clusters=3))
     assert list(pipeline.named_steps) == ["scale", "kmeans"]
     kmeans = pipeline.named_steps["kmeans"]
     assert kmeans.cluster_centers_.shape == (3, features.shape[1])
@@ -147,16 +173,14 @@ def test_same_seed_same_model(data):
     a = fit_model(features, is_train, method="pixels", **settings(n_components=5, random_state=3, n_init=4))
     b = fit_model(features, is_train, method="pixels", **settings(n_components=5, random_state=3, n_init=4))
     np.testing.assert_array_equal(a.predict(features), b.predict(features))
-    np.testing.assert_array_equal(a.named_steps["kmeans"].cluster_centers_,
-                                  b.named_steps["kmeans"].cluster_centers_)
+    np.testing.assert_array_equal(a.named_steps["kmeans"].cluster_centers_, b.named_steps["kmeans"].cluster_centers_)
     np.testing.assert_array_equal(a.named_steps["pca"].components_, b.named_steps["pca"].components_)
 
 
 def test_randomized_and_arpack_solvers_fit(data):
     features, is_train, _ = data
     for solver in ("randomized", "arpack", "covariance_eigh"):
-        pipeline = fit_model(features, is_train, method="pixels",
-                             **settings(n_components=3, svd_solver=solver))
+        pipeline = fit_model(features, is_train, method="pixels", **settings(n_components=3, svd_solver=solver))
         assert pipeline.named_steps["pca"].components_.shape == (3, features.shape[1])
 
 
@@ -175,8 +199,9 @@ def test_scalable_solvers_above_the_threshold(data):
     assert type(exact.named_steps["pca"]) is PCA
     # the incremental PCA spans nearly the same subspace as the exact one: the leading directions
     # agree to 1e-2, the weakest of the five (fitted from 16-row batches) less closely
-    overlap = np.linalg.svd(scalable.named_steps["pca"].components_ @ exact.named_steps["pca"].components_.T,
-                            compute_uv=False)
+    overlap = np.linalg.svd(
+        scalable.named_steps["pca"].components_ @ exact.named_steps["pca"].components_.T, compute_uv=False
+    )
     assert overlap[:3].min() > 0.99 and overlap.min() > 0.8
     labels = scalable.predict(np.asarray(features))
     assert labels.shape == (len(features),) and set(labels) <= {0, 1, 2}
@@ -200,8 +225,15 @@ def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path,
     train = params["train"]  # the shipped pca and kmeans sections, as the train stage passes them
     ari = {}
     for name, threshold in (("exact", 0), ("scalable", 1)):
-        model = fit_model(features, is_train, method="pixels", pca=train["pca"], kmeans=train["kmeans"],
-                          scalable={**train["scalable"], "threshold": threshold}, pca_on_all=False)
+        model = fit_model(
+            features,
+            is_train,
+            method="pixels",
+            pca=train["pca"],
+            kmeans=train["kmeans"],
+            scalable={**train["scalable"], "threshold": threshold},
+            pca_on_all=False,
+        )
         labels = model.predict(features)
         ari[name] = np.array([adjusted_rand_score(classes[rows], labels[rows]) for rows in (is_train, ~is_train)])
     np.testing.assert_allclose(ari["exact"], [0.097, -0.022], atol=0.0005)
@@ -211,8 +243,9 @@ def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path,
 def test_scalable_batch_smaller_than_components_is_refused(data):
     features, is_train, _ = data
     with pytest.raises(ParamError, match="batch_size"):
-        fit_model(features, is_train, method="pixels",
-                  **settings(n_components=20, n_clusters=3, threshold=10, batch_size=8))
+        fit_model(
+            features, is_train, method="pixels", **settings(n_components=20, n_clusters=3, threshold=10, batch_size=8)
+        )
 
 
 # ---------------------------------------------------------------- check_params
@@ -269,8 +302,7 @@ def test_fit_model_limits_come_from_train_rows(data):
     with pytest.raises(ParamError, match=rf"not in \[1, {n_train}\]"):
         fit_model(features, is_train, method="pixels", **settings(n_components=n_train + 1))
     # the tutorial protocol fits PCA on all rows, so the same value is fine there
-    pipeline = fit_model(features, is_train, method="pixels",
-                         **settings(n_components=n_train + 1, pca_on_all=True))
+    pipeline = fit_model(features, is_train, method="pixels", **settings(n_components=n_train + 1, pca_on_all=True))
     assert pipeline.named_steps["pca"].n_components_ == n_train + 1
     with pytest.raises(ParamError, match=rf"exceeds the {n_train} train images"):
         fit_model(features, is_train, method="pixels", **settings(n_components=0, n_clusters=n_train + 1))
@@ -282,15 +314,26 @@ def test_fit_model_limits_come_from_train_rows(data):
 def test_cli_train_writes_the_model(features_dir, data, tmp_path):
     features, is_train, _ = data
     work = tmp_path / "work"
-    write_params(work, protocol="honest", train__pca__n_components=6, train__pca__svd_solver="full",
-                 train__kmeans__n_clusters=3, train__kmeans__n_init=2, train__kmeans__random_state=5,
-                 train__pca__whiten=False)
+    write_params(
+        work,
+        protocol="honest",
+        train__pca__n_components=6,
+        train__pca__svd_solver="full",
+        train__kmeans__n_clusters=3,
+        train__kmeans__n_init=2,
+        train__kmeans__random_state=5,
+        train__pca__whiten=False,
+    )
     out = tmp_path / "models" / "model.joblib"
     proc = run_cli("train", "--features", str(features_dir), "--out", str(out), cwd=work)
     assert f"scale -> pca -> kmeans on {int(is_train.sum())} train rows" in proc.stdout
     model = joblib.load(out)
-    expected = fit_model(features, is_train, method="pixels",
-                         **settings(n_components=6, svd_solver="full", n_clusters=3, n_init=2, random_state=5))
+    expected = fit_model(
+        features,
+        is_train,
+        method="pixels",
+        **settings(n_components=6, svd_solver="full", n_clusters=3, n_init=2, random_state=5),
+    )
     np.testing.assert_array_equal(model.predict(features), expected.predict(features))
     np.testing.assert_allclose(model.named_steps["pca"].mean_, scaled(features[is_train]).mean(axis=0), atol=1e-5)
     assert model.named_steps["pca"].whiten is False
@@ -320,15 +363,20 @@ def test_cli_train_tutorial_protocol_fits_pca_on_all_rows(features_dir, data, tm
     np.testing.assert_allclose(pca.mean_, scaled(features).mean(axis=0), atol=1e-5)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    # refused by params.yaml's schema, before the features are read
-    ({"train__kmeans__n_clusters": 1},
-     "train.kmeans.n_clusters: Input should be greater than or equal to 2 (got 1)."),
-    ({"train__pca__svd_solver": "lapack"}, "train.pca.svd_solver: 'lapack' is not one of 'auto', "),
-    # refused for the data at hand
-    ({"train__kmeans__n_clusters": 500}, "n_clusters=500 exceeds the"),
-    ({"train__pca__n_components": 5000}, "train.pca.n_components=5000 is not in [1, "),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # refused by params.yaml's schema, before the features are read
+        (
+            {"train__kmeans__n_clusters": 1},
+            "train.kmeans.n_clusters: Input should be greater than or equal to 2 (got 1).",
+        ),
+        ({"train__pca__svd_solver": "lapack"}, "train.pca.svd_solver: 'lapack' is not one of 'auto', "),
+        # refused for the data at hand
+        ({"train__kmeans__n_clusters": 500}, "n_clusters=500 exceeds the"),
+        ({"train__pca__n_components": 5000}, "train.pca.n_components=5000 is not in [1, "),
+    ],
+)
 def test_cli_train_bad_params_exit_2_without_model(features_dir, tmp_path, overrides, message):
     work = tmp_path / "work"
     write_params(work, **overrides)
@@ -345,8 +393,9 @@ def test_cli_train_bad_params_exit_2_without_model(features_dir, tmp_path, overr
 def test_cli_train_missing_features_exit_2(tmp_path):
     work = tmp_path / "work"
     write_params(work)
-    proc = run_cli("train", "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "m.joblib"), cwd=work,
-                   check=False)
+    proc = run_cli(
+        "train", "--features", str(tmp_path / "nope"), "--out", str(tmp_path / "m.joblib"), cwd=work, check=False
+    )
     assert proc.returncode == 2
     assert "run the featurize stage" in proc.stderr
     assert not (tmp_path / "m.joblib").exists()

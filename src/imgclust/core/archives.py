@@ -91,19 +91,28 @@ def download(url: str, dest: Path, expected_sha256: str, timeout: float = DOWNLO
                 digest.update(block)
                 out.write(block)
     except (urllib.error.URLError, OSError) as exc:
-        raise SourceError(f"{url}: download failed ({exc}). Check the URL and the network, or download the "
-                          "archive yourself and set data.source to its local path.") from exc
+        raise SourceError(
+            f"{url}: download failed ({exc}). Check the URL and the network, or download the "
+            "archive yourself and set data.source to its local path."
+        ) from exc
     if digest.hexdigest() != expected:
         dest.unlink()
-        raise ChecksumError(f"{url}: downloaded sha256 is {digest.hexdigest()}, but data.sha256 is {expected}; "
-                            "the download was discarded and nothing was extracted.")
+        raise ChecksumError(
+            f"{url}: downloaded sha256 is {digest.hexdigest()}, but data.sha256 is {expected}; "
+            "the download was discarded and nothing was extracted."
+        )
     return dest
 
 
 def _unsafe_name(name: str) -> str | None:
     """Why ``name`` may not be extracted as is, or None."""
-    if not name or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() \
-            or PureWindowsPath(name).drive or name.startswith(("\\", "/")):
+    if (
+        not name
+        or PurePosixPath(name).is_absolute()
+        or PureWindowsPath(name).is_absolute()
+        or PureWindowsPath(name).drive
+        or name.startswith(("\\", "/"))
+    ):
         return "absolute path"
     if ".." in name.replace("\\", "/").split("/"):
         return "'..' leads outside the extraction folder"
@@ -123,8 +132,10 @@ def _is_junk(name: str) -> bool:
 
 
 def _refuse(archive: str, member: str, reason: str) -> UnsafeArchiveError:
-    return UnsafeArchiveError(f"{archive}: member {member!r} refused ({reason}); nothing was extracted. "
-                              "Rebuild the archive with relative paths inside one folder.")
+    return UnsafeArchiveError(
+        f"{archive}: member {member!r} refused ({reason}); nothing was extracted. "
+        "Rebuild the archive with relative paths inside one folder."
+    )
 
 
 def _norm(name: str) -> str:
@@ -139,7 +150,7 @@ class _Tally:
         self.label, self.limits = label, limits
         self.archive_bytes = max(archive.stat().st_size, 1)
         self.total = 0
-        self.files: dict[str, str] = {}    # normalised path -> member name, for files and links
+        self.files: dict[str, str] = {}  # normalised path -> member name, for files and links
         self.folders: dict[str, str] = {}  # normalised path -> member name that makes it a folder
 
     def add(self, name: str, size: int, is_dir: bool) -> None:
@@ -161,8 +172,9 @@ class _Tally:
         if path in self.folders:
             raise _refuse(self.label, name, f"a file and a folder are both named {path!r}")
         if path in self.files:
-            raise _refuse(self.label, name, f"the archive holds two members named {path!r}; one would "
-                                            "silently replace the other")
+            raise _refuse(
+                self.label, name, f"the archive holds two members named {path!r}; one would silently replace the other"
+            )
         self.files[path] = name
         self.total += max(int(size), 0)
         self.check()
@@ -173,19 +185,22 @@ class _Tally:
             raise UnsafeArchiveError(
                 f"{self.label}: unpacks to more than {limits.max_bytes} bytes (ingest.max_archive_bytes); "
                 "nothing was extracted. Raise ingest.max_archive_bytes if you trust this archive, or "
-                "unpack it yourself and set data.source to the folder.")
+                "unpack it yourself and set data.source to the folder."
+            )
         if total > limits.max_ratio * self.archive_bytes:
             raise UnsafeArchiveError(
                 f"{self.label}: unpacks to more than {limits.max_ratio:g} times its size of "
                 f"{self.archive_bytes} bytes (ingest.max_compression_ratio), as a zip bomb does; nothing "
-                "was extracted. Raise ingest.max_compression_ratio if you trust this archive.")
+                "was extracted. Raise ingest.max_compression_ratio if you trust this archive."
+            )
 
     def check_free_space(self, target: Path) -> None:
         free = shutil.disk_usage(target).free
         if self.total > free:
             raise OutputWriteError(
                 f"{self.label}: unpacks to {self.total} bytes, but {target} has only {free} bytes free; "
-                "nothing was extracted. Free space there, or point TMPDIR at a larger disk.")
+                "nothing was extracted. Free space there, or point TMPDIR at a larger disk."
+            )
 
 
 def _extract_zip(archive: Path, target: Path, label: str, limits: Limits) -> None:
@@ -200,14 +215,18 @@ def _extract_zip(archive: Path, target: Path, label: str, limits: Limits) -> Non
             if _is_junk(info.filename):
                 continue
             if info.flag_bits & 0x1:
-                raise SourceError(f"{label}: member {info.filename!r} is encrypted; imgclust does not take "
-                                  "passwords. Unpack the archive yourself and set data.source to the folder, "
-                                  "or rebuild it without encryption. Nothing was extracted.")
+                raise SourceError(
+                    f"{label}: member {info.filename!r} is encrypted; imgclust does not take "
+                    "passwords. Unpack the archive yourself and set data.source to the folder, "
+                    "or rebuild it without encryption. Nothing was extracted."
+                )
             if info.compress_type not in ZIP_METHODS or not _method_available(info.compress_type):
-                raise SourceError(f"{label}: member {info.filename!r} is compressed with method "
-                                  f"{info.compress_type}, which cannot be read here (readable: "
-                                  f"{', '.join(ZIP_METHODS.values())}). Rebuild the archive with deflate "
-                                  "(zip's default). Nothing was extracted.")
+                raise SourceError(
+                    f"{label}: member {info.filename!r} is compressed with method "
+                    f"{info.compress_type}, which cannot be read here (readable: "
+                    f"{', '.join(ZIP_METHODS.values())}). Rebuild the archive with deflate "
+                    "(zip's default). Nothing was extracted."
+                )
             if stat.S_ISLNK(info.external_attr >> 16):
                 # zipfile would write a link as a small file holding its target: never extract it
                 link = zf.read(info).decode("utf-8", "replace")
@@ -279,11 +298,15 @@ def extract_archive(archive: Path, target: Path, label: str | None = None, limit
         raise SourceError(f"{label}: not a readable archive ({exc}).") from exc
     except OSError as exc:
         if disk_full(exc):
-            raise OutputWriteError(f"{label}: the disk filled up while extracting into {target} ({exc.strerror}); "
-                                   "nothing was kept. Free space there, or point TMPDIR at a larger disk.") from exc
+            raise OutputWriteError(
+                f"{label}: the disk filled up while extracting into {target} ({exc.strerror}); "
+                "nothing was kept. Free space there, or point TMPDIR at a larger disk."
+            ) from exc
         if exc.errno == errno.ENAMETOOLONG:
-            raise SourceError(f"{label}: a member's name is too long for this file system ({exc.filename}); "
-                              "rename it in the archive. Nothing was kept.") from exc
+            raise SourceError(
+                f"{label}: a member's name is too long for this file system ({exc.filename}); "
+                "rename it in the archive. Nothing was kept."
+            ) from exc
         raise SourceError(f"{label}: cannot be extracted into {target} ({exc}). Nothing was kept.") from exc
     entries = [p for p in target.iterdir() if not p.name.startswith(".")]
     if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
@@ -293,8 +316,8 @@ def extract_archive(archive: Path, target: Path, label: str | None = None, limit
 
 @dataclass(frozen=True)
 class ResolvedSource:
-    folder: Path                   # a folder of class subfolders
-    archive_sha256: str | None     # the verified archive's sha256; None for a folder source
+    folder: Path  # a folder of class subfolders
+    archive_sha256: str | None  # the verified archive's sha256; None for a folder source
 
 
 @contextlib.contextmanager
@@ -311,8 +334,10 @@ def source_folder(source: str | Path, sha256: str = "", limits: Limits = Limits(
         if is_url(text):
             raise SourceError(f"{text}: a URL source must name a {', '.join(ARCHIVE_SUFFIXES)} archive.")
         if sha256:
-            raise ParamError(f"{text}: data.sha256 is set but data.source is not an archive; "
-                             "clear data.sha256 or point data.source at the archive.")
+            raise ParamError(
+                f"{text}: data.sha256 is set but data.source is not an archive; "
+                "clear data.sha256 or point data.source at the archive."
+            )
         yield ResolvedSource(Path(source), None)
         return
     with tempfile.TemporaryDirectory(prefix="imgclust-source-") as workdir:

@@ -29,8 +29,9 @@ def check_backbone(backbone: str) -> tuple[str, str, tuple[int, int]]:
     try:
         return BACKBONES[backbone]
     except (KeyError, TypeError):
-        raise ParamError(f"unknown CNN backbone {backbone!r}; use one of {', '.join(BACKBONES)}."
-                         f"{did_you_mean(backbone, BACKBONES)}") from None
+        raise ParamError(
+            f"unknown CNN backbone {backbone!r}; use one of {', '.join(BACKBONES)}.{did_you_mean(backbone, BACKBONES)}"
+        ) from None
 
 
 def backbone_label(backbone: str, alpha: float = 1.0) -> str:

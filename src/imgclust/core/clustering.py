@@ -36,8 +36,9 @@ def one_thread():
         yield
 
 
-def check_params(n_fit_pca: int, n_train: int, n_features: int, n_components: int | None,
-                 n_clusters: int, svd_solver: str) -> None:
+def check_params(
+    n_fit_pca: int, n_train: int, n_features: int, n_components: int | None, n_clusters: int, svd_solver: str
+) -> None:
     """Refuse impossible settings before any fitting, with the limit the data imposes."""
     if n_clusters < 2:
         raise ParamError(f"train.kmeans.n_clusters must be >= 2, got {n_clusters}.")
@@ -55,8 +56,16 @@ def check_params(n_fit_pca: int, n_train: int, n_features: int, n_components: in
 
 
 @one_thread()
-def fit_model(features: np.ndarray, is_train: np.ndarray, *, method: str, pca: dict, kmeans: dict,
-              scalable: dict, pca_on_all: bool):
+def fit_model(
+    features: np.ndarray,
+    is_train: np.ndarray,
+    *,
+    method: str,
+    pca: dict,
+    kmeans: dict,
+    scalable: dict,
+    pca_on_all: bool,
+):
     """Return a fitted ``Pipeline``. PCA is fitted on the train rows, or on all rows when
     ``pca_on_all`` (the tutorial protocol, as the seed recipe did); KMeans always on train rows.
 
@@ -68,8 +77,15 @@ def fit_model(features: np.ndarray, is_train: np.ndarray, *, method: str, pca: d
     is_train = np.asarray(is_train, dtype=bool)
     n_fit = len(features) if pca_on_all else int(np.count_nonzero(is_train))
     if n_fit >= scalable["threshold"] > 0:
-        return _fit_in_batches(features, is_train, method=method, pca=pca, kmeans=kmeans,
-                               batch_size=scalable["batch_size"], pca_on_all=pca_on_all)
+        return _fit_in_batches(
+            features,
+            is_train,
+            method=method,
+            pca=pca,
+            kmeans=kmeans,
+            batch_size=scalable["batch_size"],
+            pca_on_all=pca_on_all,
+        )
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
@@ -79,15 +95,22 @@ def fit_model(features: np.ndarray, is_train: np.ndarray, *, method: str, pca: d
     pca_args = dict(pca)
     n_components = pca_args.pop("n_components") or None  # 0 means no PCA, as in params.yaml
     n_train = int(is_train.sum())
-    check_params(len(features) if pca_on_all else n_train, n_train, features.shape[1], n_components,
-                 kmeans["n_clusters"], pca_args.get("svd_solver", "auto"))
+    check_params(
+        len(features) if pca_on_all else n_train,
+        n_train,
+        features.shape[1],
+        n_components,
+        kmeans["n_clusters"],
+        pca_args.get("svd_solver", "auto"),
+    )
     steps = [("scale", PixelScaler())] if method == "pixels" else []
     if n_components:
         # copy=False: PCA receives a float matrix made for this fit alone (scaled pixels or a
         # fancy-indexed copy; a read-only memory map is still copied), so it is centred in place
         # instead of being duplicated (2.6 GB for 18,000 images of 190x190)
-        steps.append(("pca", PCA(n_components=n_components, random_state=kmeans["random_state"], copy=False,
-                                 **pca_args)))
+        steps.append(
+            ("pca", PCA(n_components=n_components, random_state=kmeans["random_state"], copy=False, **pca_args))
+        )
     model = KMeans(**kmeans)
     pipeline = Pipeline(steps + [("kmeans", model)])
     if len(steps) == 0:
@@ -105,7 +128,7 @@ def embed(pipeline, features: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     transform = pipeline[:-1] if len(pipeline.steps) > 1 else None
     parts = []
     for start in range(0, len(features), batch_size):
-        batch = np.asarray(features[start:start + batch_size])
+        batch = np.asarray(features[start : start + batch_size])
         parts.append(transform.transform(batch) if transform else batch.astype(np.float32))
         release_pages(features)
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
@@ -163,14 +186,24 @@ def evaluate_model(pipeline, features: np.ndarray, index: list[dict], *, random_
     for split in ("train", "test"):
         rows = splits == split
         if rows.any():
-            metrics[split] = clustering_metrics(clusters[rows], labels[rows], embedding[rows],
-                                                random_state=random_state)
+            metrics[split] = clustering_metrics(
+                clusters[rows], labels[rows], embedding[rows], random_state=random_state
+            )
     return {"clusters": clusters, "embedding": embedding, "labels": labels, "splits": splits, "metrics": metrics}
 
 
 @one_thread()
-def scan_k(features: np.ndarray, index: list[dict], ks: list[int], *, method: str, pca: dict, kmeans: dict,
-           scalable: dict, pca_on_all: bool) -> list[dict]:
+def scan_k(
+    features: np.ndarray,
+    index: list[dict],
+    ks: list[int],
+    *,
+    method: str,
+    pca: dict,
+    kmeans: dict,
+    scalable: dict,
+    pca_on_all: bool,
+) -> list[dict]:
     """Fit the transform part of the model once, then the clusterer for every k on the TRAIN rows,
     with the same settings as ``fit_model``."""
     from sklearn.base import clone
@@ -180,8 +213,15 @@ def scan_k(features: np.ndarray, index: list[dict], ks: list[int], *, method: st
     is_train = np.array([row["split"] == "train" for row in index])
     if not ks or min(ks) < 2 or max(ks) > int(is_train.sum()):
         raise ParamError(f"k must lie in [2, {int(is_train.sum())}] (train images), got {ks}.")
-    base = fit_model(features, is_train, method=method, pca=pca, kmeans={**kmeans, "n_clusters": min(ks), "n_init": 1},
-                     scalable=scalable, pca_on_all=pca_on_all)
+    base = fit_model(
+        features,
+        is_train,
+        method=method,
+        pca=pca,
+        kmeans={**kmeans, "n_clusters": min(ks), "n_init": 1},
+        scalable=scalable,
+        pca_on_all=pca_on_all,
+    )
     embedding = embed(base, features)
     labels = np.array([row["class"] for row in index])
     random_state = kmeans["random_state"]
@@ -190,7 +230,12 @@ def scan_k(features: np.ndarray, index: list[dict], ks: list[int], *, method: st
         # the train stage's clusterer (KMeans, or MiniBatchKMeans for large data) with k clusters
         clusterer = clone(base.steps[-1][1]).set_params(n_clusters=k, n_init=kmeans["n_init"]).fit(embedding[is_train])
         train = clustering_metrics(clusterer.labels_, labels[is_train], embedding[is_train], random_state=random_state)
-        row = {"k": k, "inertia": float(clusterer.inertia_), "silhouette": train["silhouette"], "ari_train": train["ari"]}
+        row = {
+            "k": k,
+            "inertia": float(clusterer.inertia_),
+            "silhouette": train["silhouette"],
+            "ari_train": train["ari"],
+        }
         if (~is_train).any():
             row["ari_test"] = float(adjusted_rand_score(labels[~is_train], clusterer.predict(embedding[~is_train])))
         rows.append(row)

@@ -50,15 +50,20 @@ def _input_size(backbone: str, input_size) -> tuple[int, int]:
         return default
     if isinstance(input_size, Integral) and not isinstance(input_size, bool):
         size = (int(input_size), int(input_size))
-    elif (isinstance(input_size, (tuple, list)) and len(input_size) == 2
-          and all(isinstance(v, Integral) and not isinstance(v, bool) for v in input_size)):
+    elif (
+        isinstance(input_size, (tuple, list))
+        and len(input_size) == 2
+        and all(isinstance(v, Integral) and not isinstance(v, bool) for v in input_size)
+    ):
         size = (int(input_size[0]), int(input_size[1]))
     else:
         raise ParamError(f"featurize.cnn.input_size must be an int or (height, width), got {input_size!r}")
     low = MIN_INPUT_SIZE.get(backbone, DEFAULT_MIN_INPUT_SIZE)
     if min(size) < low:
-        raise ParamError(f"featurize.cnn.input_size {size} too small for {backbone}: each side must be >= {low} "
-                         f"(default {default[0]}x{default[1]}).")
+        raise ParamError(
+            f"featurize.cnn.input_size {size} too small for {backbone}: each side must be >= {low} "
+            f"(default {default[0]}x{default[1]})."
+        )
     return size
 
 
@@ -104,8 +109,11 @@ def _is_download_failure(exc: BaseException) -> bool:
     import urllib.error
 
     text = str(exc)
-    return (isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError))
-            or "URL fetch failure" in text or "Incomplete or corrupted file" in text)
+    return (
+        isinstance(exc, (urllib.error.URLError, ConnectionError, TimeoutError))
+        or "URL fetch failure" in text
+        or "Incomplete or corrupted file" in text
+    )
 
 
 def _weights_file_from(exc: BaseException) -> tuple[str | None, str | None]:
@@ -117,8 +125,7 @@ def _weights_file_from(exc: BaseException) -> tuple[str | None, str | None]:
     return url.rstrip("/").rsplit("/", 1)[-1] or None, url
 
 
-def _unavailable_message(backbone: str, alpha: float, fname: str | None, url: str | None,
-                         exc: BaseException) -> str:
+def _unavailable_message(backbone: str, alpha: float, fname: str | None, url: str | None, exc: BaseException) -> str:
     cache = keras_cache_dir()
     what = fname or f"the {backbone} ImageNet weights file"
     home_note = ""
@@ -134,14 +141,16 @@ def _unavailable_message(backbone: str, alpha: float, fname: str | None, url: st
     )
 
 
-def build_backbone(backbone: str = "mobilenet", weights="imagenet", alpha: float = 1.0, input_size=None,
-                   pooling: str | None = "avg"):
+def build_backbone(
+    backbone: str = "mobilenet", weights="imagenet", alpha: float = 1.0, input_size=None, pooling: str | None = "avg"
+):
     """The headless Keras model; ParamError / WeightsUnavailableError with a fix in the message."""
     kind, path, size = _check_params(backbone, weights, alpha, input_size, pooling)
     if kind == "path" and not path.is_file():
         raise WeightsUnavailableError(
             f"weights file {path} for {backbone_label(backbone, alpha)} not found; set featurize.cnn.weights "
-            f"to an existing weights file, 'imagenet' or 'none'.")
+            f"to an existing weights file, 'imagenet' or 'none'."
+        )
     import keras
 
     ctor_name = BACKBONES[backbone][0]
@@ -156,15 +165,18 @@ def build_backbone(backbone: str = "mobilenet", weights="imagenet", alpha: float
         except ValueError as exc:
             if weights_arg == "imagenet" and _is_download_failure(exc):
                 raise
-            raise ParamError(f"cannot build {backbone_label(backbone, alpha)} with input size {size[0]}x{size[1]}"
-                             f" and weights {weights!r}: {exc}") from exc
+            raise ParamError(
+                f"cannot build {backbone_label(backbone, alpha)} with input size {size[0]}x{size[1]}"
+                f" and weights {weights!r}: {exc}"
+            ) from exc
 
     def load_file(model, file: Path):
         def unusable(reason: str) -> WeightsUnavailableError:
             return WeightsUnavailableError(
                 f"weights file {file} cannot be loaded into {backbone_label(backbone, alpha)} "
                 f"(headless, input {size[0]}x{size[1]}): {reason}. "
-                f"It must hold weights saved from the same backbone without its top.")
+                f"It must hold weights saved from the same backbone without its top."
+            )
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -195,7 +207,8 @@ def build_backbone(backbone: str = "mobilenet", weights="imagenet", alpha: float
             raise WeightsUnavailableError(
                 f"cached ImageNet weights for {backbone_label(backbone, alpha)} in {keras_cache_dir()} cannot be "
                 f"read ({exc}); delete the damaged file so Keras downloads it again, or set "
-                f"featurize.cnn.weights to a weights file path.") from exc
+                f"featurize.cnn.weights to a weights file path."
+            ) from exc
     except Exception as exc:  # Keras's get_file raises a bare Exception on a failed download
         if not _is_download_failure(exc):
             raise
@@ -264,8 +277,16 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
     initial weights travel with the pickle, so a reloaded extractor transforms identically).
     """
 
-    def __init__(self, backbone="mobilenet", weights="imagenet", alpha=1.0, input_size=None, pooling="avg",
-                 batch_size=32, progress=False):
+    def __init__(
+        self,
+        backbone="mobilenet",
+        weights="imagenet",
+        alpha=1.0,
+        input_size=None,
+        pooling="avg",
+        batch_size=32,
+        progress=False,
+    ):
         self.backbone = backbone
         self.weights = weights
         self.alpha = alpha
@@ -322,8 +343,13 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         preprocess = importlib.import_module(f"keras.applications.{BACKBONES[self.backbone][1]}").preprocess_input
         size = self.input_size_
         step = int(self.batch_size)
-        with tqdm(total=n, unit="img", desc=f"cnn {backbone_label(self.backbone, self.alpha)}",
-                  disable=not self.progress, leave=False) as bar:
+        with tqdm(
+            total=n,
+            unit="img",
+            desc=f"cnn {backbone_label(self.backbone, self.alpha)}",
+            disable=not self.progress,
+            leave=False,
+        ) as bar:
             for start in range(0, n, step):
                 stop = min(start + step, n)
                 batch = self._prepare(images[start:stop], size, keras)
@@ -340,8 +366,9 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         def resize(array: np.ndarray) -> np.ndarray:  # (n, H, W, 3) of one size
             if array.shape[1:3] == size:
                 return array
-            resized = keras.ops.image.resize(array, size, interpolation="bilinear", antialias=True,
-                                             data_format="channels_last")
+            resized = keras.ops.image.resize(
+                array, size, interpolation="bilinear", antialias=True, data_format="channels_last"
+            )
             return np.asarray(keras.ops.convert_to_numpy(resized), dtype=np.float32)
 
         if isinstance(images, np.ndarray):

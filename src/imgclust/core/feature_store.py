@@ -28,8 +28,9 @@ METHODS = tuple(METHOD_DTYPES)
 
 def check_method(method: str) -> None:
     if method not in METHODS:
-        raise ParamError(f"unknown featurize.method {method!r}; use one of {', '.join(METHODS)}."
-                         f"{did_you_mean(method, METHODS)}")
+        raise ParamError(
+            f"unknown featurize.method {method!r}; use one of {', '.join(METHODS)}.{did_you_mean(method, METHODS)}"
+        )
 
 
 # errnos that mean "no room left" rather than a failing device
@@ -41,7 +42,8 @@ def write_error(path: Path, exc: OSError) -> OutputWriteError:
     if exc.errno in _NO_SPACE:
         return OutputWriteError(
             f"{path}: cannot write, the disk is full ({exc.strerror or exc}). Free space on that file system "
-            "(or move the output elsewhere) and rerun the stage; nothing was kept of this output.")
+            "(or move the output elsewhere) and rerun the stage; nothing was kept of this output."
+        )
     return OutputWriteError(f"{path}: write failed ({exc.strerror or exc}); nothing was kept of this output.")
 
 
@@ -58,8 +60,11 @@ class FeatureStoreWriter:
         self.path = self.folder / FEATURES_FILE
         self.n_rows, self.n_features, self.n_written = int(n_rows), int(n_features), 0
         self.dtype = np.dtype(dtype)
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": (self.n_rows, self.n_features)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.n_rows, self.n_features),
+        }
         self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close() or on the first failure
         with self._write_errors():
             try:
@@ -87,8 +92,10 @@ class FeatureStoreWriter:
     def append(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows)
         if rows.ndim != 2 or rows.shape[1] != self.n_features or self.n_written + len(rows) > self.n_rows:
-            raise InputDataError(f"{self.path}: a batch of shape {rows.shape} does not fit the remaining "
-                                 f"{self.n_rows - self.n_written} x {self.n_features} feature rows.")
+            raise InputDataError(
+                f"{self.path}: a batch of shape {rows.shape} does not fit the remaining "
+                f"{self.n_rows - self.n_written} x {self.n_features} feature rows."
+            )
         if self._file is None:
             raise OutputWriteError(f"{self.path}: the feature store was closed after a failed write.")
         # cast as assigning into the matrix did (unsafe casting), then write the rows in C order
@@ -130,6 +137,7 @@ def load_features(features_dir: Path, mmap: bool = True) -> tuple[np.ndarray, li
     except (OSError, ValueError) as exc:
         raise InputDataError(f"{features_dir / META_FILE}: unreadable ({exc}); rerun featurize.") from None
     if len(index) != features.shape[0]:
-        raise InputDataError(f"{features_dir}: {features.shape[0]} feature rows but {len(index)} index rows; "
-                             "rerun featurize.")
+        raise InputDataError(
+            f"{features_dir}: {features.shape[0]} feature rows but {len(index)} index rows; rerun featurize."
+        )
     return features, index, meta

@@ -33,11 +33,15 @@ def write_error(exc: BaseException, where: Path):
         return None
     name = exc.filename or where
     if disk_full(exc):
-        return OutputWriteError(f"{name}: {exc.strerror or exc}: the disk (or quota) is full while writing "
-                                f"{where}; nothing was kept. Free space and rerun.")
+        return OutputWriteError(
+            f"{name}: {exc.strerror or exc}: the disk (or quota) is full while writing "
+            f"{where}; nothing was kept. Free space and rerun."
+        )
     if exc.errno == errno.ENAMETOOLONG:
-        return OutputWriteError(f"{name}: file name too long for the file system (at most {NAME_MAX} bytes per "
-                                f"name) while writing {where}; nothing was kept. Rename the source file.")
+        return OutputWriteError(
+            f"{name}: file name too long for the file system (at most {NAME_MAX} bytes per "
+            f"name) while writing {where}; nothing was kept. Rename the source file."
+        )
     return None
 
 
@@ -45,8 +49,11 @@ def long_names(rel_paths: Iterable[str], extra: int = 0) -> list[str]:
     """The relative paths among ``rel_paths`` with a component longer than NAME_MAX - ``extra``
     bytes (UTF-8): the longest a name may be when a stage adds ``extra`` bytes to it."""
     limit = NAME_MAX - extra
-    return [rel for rel in rel_paths if any(len(part.encode("utf-8", "surrogateescape")) > limit
-                                            for part in Path(rel).parts)]
+    return [
+        rel
+        for rel in rel_paths
+        if any(len(part.encode("utf-8", "surrogateescape")) > limit for part in Path(rel).parts)
+    ]
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -77,7 +84,7 @@ def remove_stale_tmp_siblings(path: Path) -> None:
     """
     prefix = f".{path.name}.tmp-"
     for sibling in path.parent.iterdir():
-        pid = sibling.name[len(prefix):]
+        pid = sibling.name[len(prefix) :]
         if sibling.name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
             _remove(sibling)
 
@@ -166,8 +173,10 @@ def read_image_listing(listing: Path, image_dir: Path, required: Sequence[str], 
         raise InputDataError(f"{listing}: lists no image; rerun the {producer} stage.")
     missing = [row["path"] for row in rows if not (Path(image_dir) / row["path"]).is_file()]
     if missing:
-        raise InputDataError(f"{len(missing)} image(s) listed in {listing} are missing in {image_dir}, "
-                             f"e.g. {missing[0]}; rerun the {producer} stage (dvc repro {producer}).")
+        raise InputDataError(
+            f"{len(missing)} image(s) listed in {listing} are missing in {image_dir}, "
+            f"e.g. {missing[0]}; rerun the {producer} stage (dvc repro {producer})."
+        )
     return rows
 
 
@@ -202,8 +211,14 @@ def class_folders(root: Path) -> list[Path]:
         raise InputDataError(f"{root}: cannot be listed ({exc.strerror or exc}); check its permissions.") from exc
 
 
-_FILE_KINDS = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
-               (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+_FILE_KINDS = (
+    (stat.S_ISLNK, "symbolic link"),
+    (stat.S_ISDIR, "folder"),
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
 NOT_REGULAR = "not a regular file: not opened"
 
 

@@ -53,9 +53,7 @@ def resample_filter(name: str) -> Image.Resampling:
     try:
         return RESAMPLE_FILTERS[name]
     except KeyError:
-        raise ParamError(
-            f"unknown resample filter {name!r}; use one of {', '.join(RESAMPLE_FILTERS)}"
-        ) from None
+        raise ParamError(f"unknown resample filter {name!r}; use one of {', '.join(RESAMPLE_FILTERS)}") from None
 
 
 def pil_mode(color_mode: str) -> str:
@@ -104,13 +102,16 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 def _png_row_bytes(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> int:
     """How many bytes the inflated image data of a PNG must hold: a filter byte and the pixels of
     every row (of every Adam7 pass, for an interlaced image)."""
+
     def rows(w: int, h: int) -> int:
         return h * (1 + (w * bits_per_pixel + 7) // 8) if w and h else 0
 
     if not interlaced:
         return rows(width, height)
-    return sum(rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0)
-               for x0, y0, dx, dy in _ADAM7)
+    return sum(
+        rows((width - x0 + dx - 1) // dx if width > x0 else 0, (height - y0 + dy - 1) // dy if height > y0 else 0)
+        for x0, y0, dx, dy in _ADAM7
+    )
 
 
 def check_png_rows(data: bytes) -> None:
@@ -125,8 +126,8 @@ def check_png_rows(data: bytes) -> None:
         return
     pos, header, inflater, produced, ended = len(PNG_SIGNATURE), None, zlib.decompressobj(), 0, False
     while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        body = data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR" and len(body) >= 13:
             width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", body[:13])
@@ -146,12 +147,13 @@ def check_png_rows(data: bytes) -> None:
         raise OSError("no IHDR chunk")
     expected = _png_row_bytes(*header)
     if produced < expected:
-        raise OSError(f"image data stops early: {produced} of {expected} bytes "
-                      f"({'the zlib stream ends' if ended else 'truncated'}); the missing rows would come out black")
+        raise OSError(
+            f"image data stops early: {produced} of {expected} bytes "
+            f"({'the zlib stream ends' if ended else 'truncated'}); the missing rows would come out black"
+        )
 
 
-def open_image(path: Path, color_mode: str | None = None,
-               draft_size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(path: Path, color_mode: str | None = None, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Fully decode ``path`` with EXIF orientation applied; raise CorruptImageError naming it.
 
     With ``draft_size``, a JPEG is decoded by DCT scaling straight to the smallest power-of-two
@@ -214,8 +216,9 @@ def check_image(path: Path, data: bytes) -> tuple[int, int, str]:
     return width, height, mode
 
 
-def load_array(path: Path, color_mode: str, size: tuple[int, int] | None = None,
-               resample: str = "lanczos") -> np.ndarray:
+def load_array(
+    path: Path, color_mode: str, size: tuple[int, int] | None = None, resample: str = "lanczos"
+) -> np.ndarray:
     """Decode ``path`` to a uint8 array (H, W) for gray or (H, W, 3) for rgb, optionally resized
     to ``size`` = (width, height)."""
     image = open_image(path, color_mode, draft_size=size)

@@ -54,17 +54,13 @@ def _as_arrays(clusters, labels) -> tuple[np.ndarray, np.ndarray]:
     c = c.astype(np.int64, copy=False)
     lab = np.asarray([str(x) for x in labels], dtype=object)
     if lab.shape[0] != c.shape[0]:
-        raise ValueError(
-            f"clusters and labels differ in length: {c.shape[0]} cluster ids vs {lab.shape[0]} labels"
-        )
+        raise ValueError(f"clusters and labels differ in length: {c.shape[0]} cluster ids vs {lab.shape[0]} labels")
     if c.shape[0] == 0:
         raise ValueError("clusters and labels are empty")
     return c, lab
 
 
-def contingency(
-    clusters: np.ndarray, labels: Sequence[str]
-) -> tuple[np.ndarray, list[int], list[str]]:
+def contingency(clusters: np.ndarray, labels: Sequence[str]) -> tuple[np.ndarray, list[int], list[str]]:
     """Cluster x class count matrix.
 
     Returns ``(counts, cluster_ids, class_names)`` where ``counts[i, j]`` is the number of samples
@@ -145,9 +141,7 @@ def clustering_metrics(
     return out
 
 
-def _silhouette(
-    c: np.ndarray, embedding: np.ndarray | None, sample_size: int, random_state: int
-) -> float:
+def _silhouette(c: np.ndarray, embedding: np.ndarray | None, sample_size: int, random_state: int) -> float:
     if embedding is None:
         return math.nan
     from sklearn.metrics import silhouette_score
@@ -157,9 +151,7 @@ def _silhouette(
     if x.ndim == 1:
         x = x.reshape(-1, 1)
     if x.ndim != 2 or x.shape[0] != c.shape[0]:
-        raise ValueError(
-            f"embedding must have shape (n_samples, d) with n_samples={c.shape[0]}, got {x.shape}"
-        )
+        raise ValueError(f"embedding must have shape (n_samples, d) with n_samples={c.shape[0]}, got {x.shape}")
     if sample_size < 1:
         raise ValueError(f"silhouette_sample_size must be >= 1, got {sample_size}")
     n = c.shape[0]

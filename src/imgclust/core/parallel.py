@@ -36,16 +36,24 @@ def die_with_parent(parent_pid: int) -> None:
 
 def _pool(workers: int, mp_context=None) -> ProcessPoolExecutor:
     # workers are started from the calling (main) thread: PDEATHSIG follows that thread's exit
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context, initializer=die_with_parent,
-                               initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp_context, initializer=die_with_parent, initargs=(os.getpid(),)
+    )
 
 
 def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def pmap(func: Callable, items: Sequence, *, desc: str, workers: int | None = None,
-         unit: str = "img", chunksize: int | None = None) -> list:
+def pmap(
+    func: Callable,
+    items: Sequence,
+    *,
+    desc: str,
+    workers: int | None = None,
+    unit: str = "img",
+    chunksize: int | None = None,
+) -> list:
     """``[func(x) for x in items]`` over a process pool, in order, with a tqdm bar.
 
     Small inputs run in-process: a pool costs more to start than it saves.
@@ -83,7 +91,7 @@ def imap(func: Callable, items: Sequence, *, workers: int | None = None, window:
 
 def iter_batches(items: Sequence, size: int) -> Iterable[Sequence]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def release_pages(array) -> None:

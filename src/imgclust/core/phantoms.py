@@ -25,8 +25,7 @@ def class_counts(n_images: int) -> dict[str, int]:
     """Images per class: the minority classes by ``round``, benign takes the remainder."""
     if n_images < MIN_IMAGES:
         raise ParamError(
-            f"synthesize.n_images must be at least {MIN_IMAGES} "
-            f"({MIN_PER_CLASS} per class), got {n_images}"
+            f"synthesize.n_images must be at least {MIN_IMAGES} ({MIN_PER_CLASS} per class), got {n_images}"
         )
     counts = {
         name: max(MIN_PER_CLASS, round(fraction * n_images))

@@ -83,14 +83,14 @@ def plot_contingency(
     counts, cluster_ids, class_names = contingency(clusters, labels)
     n_rows, n_cols = counts.shape
 
-    fig, ax = plt.subplots(
-        figsize=(max(4.5, 0.9 * n_cols + 3.0), max(3.0, 0.45 * n_rows + 1.8))
-    )
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * n_cols + 3.0), max(3.0, 0.45 * n_rows + 1.8)))
     im = ax.imshow(counts, cmap="Blues", aspect="auto", vmin=0, vmax=max(int(counts.max()), 1))
     cbar = fig.colorbar(im, ax=ax)
     cbar.set_label("images")
 
-    ax.set_xticks(range(n_cols), labels=class_names, rotation=30 if n_cols > 4 else 0, ha="right" if n_cols > 4 else "center")
+    ax.set_xticks(
+        range(n_cols), labels=class_names, rotation=30 if n_cols > 4 else 0, ha="right" if n_cols > 4 else "center"
+    )
     ax.set_yticks(range(n_rows), labels=[str(k) for k in cluster_ids])
     ax.set_xlabel("true class")
     ax.set_ylabel("cluster")
@@ -102,8 +102,12 @@ def plot_contingency(
         for j in range(n_cols):
             v = int(counts[i, j])
             ax.text(
-                j, i, str(v),
-                ha="center", va="center", fontsize=fontsize,
+                j,
+                i,
+                str(v),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
                 color="white" if v > threshold else "black",
             )
     _save(fig, path)
@@ -125,9 +129,7 @@ def plot_scatter(
     if xy.ndim != 2 or xy.shape[1] != 2:
         raise ValueError(f"embedding_2d must have shape (n, 2), got {xy.shape}")
     if not (xy.shape[0] == c.shape[0] == lab.shape[0]):
-        raise ValueError(
-            f"length mismatch: {xy.shape[0]} points, {c.shape[0]} cluster ids, {lab.shape[0]} labels"
-        )
+        raise ValueError(f"length mismatch: {xy.shape[0]} points, {c.shape[0]} cluster ids, {lab.shape[0]} labels")
     n = xy.shape[0]
     size = float(np.clip(3000.0 / max(n, 1), 2.0, 30.0))
 
@@ -141,8 +143,12 @@ def plot_scatter(
         for key, colour in zip(keys, colours):
             mask = groups == key
             ax.scatter(
-                xy[mask, 0], xy[mask, 1],
-                s=size, color=colour, alpha=0.75, linewidths=0,
+                xy[mask, 0],
+                xy[mask, 1],
+                s=size,
+                color=colour,
+                alpha=0.75,
+                linewidths=0,
                 label=f"{key} (n={int(mask.sum())})",
             )
         ax.set_title(subtitle)
@@ -150,8 +156,12 @@ def plot_scatter(
         ax.set_ylabel("dimension 2")
         if keys:
             ax.legend(
-                title=legend_title, loc="upper center", bbox_to_anchor=(0.5, -0.12),
-                ncol=min(len(keys), 5), fontsize=8, markerscale=max(1.0, 20.0 / size) ** 0.5,
+                title=legend_title,
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.12),
+                ncol=min(len(keys), 5),
+                fontsize=8,
+                markerscale=max(1.0, 20.0 / size) ** 0.5,
                 frameon=False,
             )
     fig.suptitle(title)
@@ -196,7 +206,9 @@ def plot_thumbnails(
     has_captions = any(labels_by_cluster.get(k) for k in keys)
     cell_h = 1.55 if has_captions else 1.35
     fig, axes = plt.subplots(
-        n_rows, n_cols, squeeze=False,
+        n_rows,
+        n_cols,
+        squeeze=False,
         figsize=(1.35 * n_cols + 1.6, cell_h * n_rows + 0.7),
     )
     for ax in axes.flat:
@@ -212,9 +224,7 @@ def plot_thumbnails(
         imgs = prepared[k]
         captions = list(labels_by_cluster.get(k) or [])
         n = int(cluster_sizes.get(k, len(imgs)))
-        axes[r, 0].set_ylabel(
-            f"cluster {k}\n(n={n})", rotation=0, ha="right", va="center", fontsize=9, labelpad=8
-        )
+        axes[r, 0].set_ylabel(f"cluster {k}\n(n={n})", rotation=0, ha="right", va="center", fontsize=9, labelpad=8)
         for col, img in enumerate(imgs):
             ax = axes[r, col]
             if img.ndim == 2:
@@ -292,8 +302,9 @@ def scatter_coordinates(embedding: np.ndarray, has_pca: bool) -> np.ndarray:
     return PCA(n_components=2, random_state=0).fit_transform(embedding)
 
 
-def thumbnails_by_cluster(index: list[dict], clusters: np.ndarray, image_dir: Path, per_cluster: int,
-                          seed: int = 0) -> tuple[dict[int, list[np.ndarray]], dict[int, list[str]]]:
+def thumbnails_by_cluster(
+    index: list[dict], clusters: np.ndarray, image_dir: Path, per_cluster: int, seed: int = 0
+) -> tuple[dict[int, list[np.ndarray]], dict[int, list[str]]]:
     """Up to ``per_cluster`` images of each cluster (originals first; a cluster made only of
     augmented copies shows those, captioned with the op) and their captions."""
     from PIL import Image
@@ -304,11 +315,14 @@ def thumbnails_by_cluster(index: list[dict], clusters: np.ndarray, image_dir: Pa
     originals = np.array([row["op"] == "none" for row in index])
     for cluster in sorted(set(clusters.tolist())):
         chosen = []
-        for pool in (np.flatnonzero((clusters == cluster) & originals),
-                     np.flatnonzero((clusters == cluster) & ~originals)):
+        for pool in (
+            np.flatnonzero((clusters == cluster) & originals),
+            np.flatnonzero((clusters == cluster) & ~originals),
+        ):
             take = min(per_cluster - len(chosen), len(pool))
             chosen += sorted(rng.choice(pool, size=take, replace=False).tolist()) if take > 0 else []
         images[cluster] = [np.asarray(Image.open(image_dir / index[i]["file"])) for i in chosen]
-        captions[cluster] = [index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})")
-                             for i in chosen]
+        captions[cluster] = [
+            index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})") for i in chosen
+        ]
     return images, captions

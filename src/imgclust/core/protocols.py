@@ -26,9 +26,12 @@ AUGMENTED_FIELDS = ("path", "class", "split", "source", "op")
 def list_images(image_dir: Path) -> list[tuple[str, str]]:
     """(relative path, class) of every image under ``image_dir``'s class folders, sorted."""
     image_dir = Path(image_dir)
-    return [(p.relative_to(image_dir).as_posix(), folder.name)
-            for folder in class_folders(image_dir)
-            for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)]
+    return [
+        (p.relative_to(image_dir).as_posix(), folder.name)
+        for folder in class_folders(image_dir)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and is_image_file(p)
+    ]
 
 
 def split_rows(items: list[tuple[str, str]], test_size: float, seed: int, stratify: bool = True) -> list[dict]:
@@ -51,11 +54,11 @@ def split_rows(items: list[tuple[str, str]], test_size: float, seed: int, strati
                 f"cannot stratify {len(items)} images over {len(set(labels))} classes with "
                 f"split.test_size={test_size} (smallest class: {smallest}); raise test_size or add images."
             )
-    train_idx, _ = train_test_split(range(len(items)), test_size=test_size, random_state=seed,
-                                    stratify=labels if stratify else None)
+    train_idx, _ = train_test_split(
+        range(len(items)), test_size=test_size, random_state=seed, stratify=labels if stratify else None
+    )
     train = set(train_idx)
-    return [{"path": p, "class": c, "split": "train" if i in train else "test"}
-            for i, (p, c) in enumerate(items)]
+    return [{"path": p, "class": c, "split": "train" if i in train else "test"} for i, (p, c) in enumerate(items)]
 
 
 def check_protocol(protocol: str) -> None:
@@ -95,8 +98,10 @@ def check_unique_paths(plan: list[dict]) -> None:
     counts = Counter(row["path"] for row in plan)
     repeated = sorted(path for path, n in counts.items() if n > 1)
     if repeated:
-        raise OutputCollisionError(f"{len(repeated)} output path(s) planned twice, e.g. {repeated[0]}; "
-                                   "rename the source files that share a name.")
+        raise OutputCollisionError(
+            f"{len(repeated)} output path(s) planned twice, e.g. {repeated[0]}; "
+            "rename the source files that share a name."
+        )
 
 
 def plan_honest(split: list[dict], ops: list[str], target: str | int, seed: int) -> list[dict]:
@@ -128,15 +133,17 @@ def plan_honest(split: list[dict], ops: list[str], target: str | int, seed: int)
             if needed <= 0:
                 break
             for source in (images[i] for i in rng.permutation(len(images))[:needed]):
-                plan.append({"path": _copy_name(source, op, taken), "class": cls, "split": "train",
-                             "source": source, "op": op})
+                plan.append(
+                    {"path": _copy_name(source, op, taken), "class": cls, "split": "train", "source": source, "op": op}
+                )
             needed -= min(needed, len(images))
     check_unique_paths(plan)
     return plan
 
 
-def plan_tutorial(images: list[tuple[str, str]], class_ops: dict[str, list[str]],
-                  test_size: float, seed: int) -> list[dict]:
+def plan_tutorial(
+    images: list[tuple[str, str]], class_ops: dict[str, list[str]], test_size: float, seed: int
+) -> list[dict]:
     """The seed recipe: every image of a class gets each of its class's ops, then a plain
     (unstratified) random split over originals and copies together."""
     unknown = set(class_ops) - {cls for _, cls in images}
@@ -146,8 +153,9 @@ def plan_tutorial(images: list[tuple[str, str]], class_ops: dict[str, list[str]]
     taken = {rel for rel, _ in images}
     for rel, cls in images:
         items.append({"path": rel, "class": cls, "source": rel, "op": "none"})
-        items.extend({"path": _copy_name(rel, op, taken), "class": cls, "source": rel, "op": op}
-                     for op in class_ops.get(cls, []))
+        items.extend(
+            {"path": _copy_name(rel, op, taken), "class": cls, "source": rel, "op": op} for op in class_ops.get(cls, [])
+        )
     check_unique_paths(items)
     splits = split_rows([(it["path"], it["class"]) for it in items], test_size, seed, stratify=False)
     return [dict(item, split=s["split"]) for item, s in zip(items, splits)]

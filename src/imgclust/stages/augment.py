@@ -43,9 +43,21 @@ def _materialise(items: list[dict], in_dir: Path, out_dir: Path) -> None:
         save_new_png(apply_op(array, item["op"]), target)
 
 
-def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *, protocol: str,
-            ops: list[str], target: str | int, seed: int, tutorial_ops: list[str], test_size: float,
-            split_seed: int, workers: int | None = None) -> dict:
+def augment(
+    in_dir: Path,
+    split_csv: Path,
+    out_dir: Path,
+    manifest_path: Path,
+    *,
+    protocol: str,
+    ops: list[str],
+    target: str | int,
+    seed: int,
+    tutorial_ops: list[str],
+    test_size: float,
+    split_seed: int,
+    workers: int | None = None,
+) -> dict:
     """Write the planned originals and copies to ``out_dir`` and the plan to ``manifest_path``.
     ``test_size`` and ``split_seed``: the tutorial protocol's split (the honest one reads ``split_csv``)."""
     check_protocol(protocol)
@@ -73,23 +85,42 @@ def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *
         by_source: dict[str, list[dict]] = defaultdict(list)
         for item in plan:
             by_source[item["source"]].append(item)
-        pmap(partial(_materialise, in_dir=in_dir, out_dir=tmp), list(by_source.values()), desc="augment",
-             unit="source", workers=workers)
+        pmap(
+            partial(_materialise, in_dir=in_dir, out_dir=tmp),
+            list(by_source.values()),
+            desc="augment",
+            unit="source",
+            workers=workers,
+        )
     write_csv(manifest_path, plan, AUGMENTED_FIELDS)
     counts = Counter((row["split"], row["class"]) for row in plan)
     summary: dict = defaultdict(dict)
     for (split_name, cls), n in sorted(counts.items()):
         summary[split_name][cls] = n
-    return {"protocol": protocol, "n_images": len(plan), "per_split_class": dict(summary),
-            "n_augmented": sum(row["op"] != "none" for row in plan)}
+    return {
+        "protocol": protocol,
+        "n_images": len(plan),
+        "per_split_class": dict(summary),
+        "n_augmented": sum(row["op"] != "none" for row in plan),
+    }
 
 
 def run(src: Path, split_csv: Path, out: Path, manifest: Path, report: Path, params: config.PipelineParams) -> dict:
     """Reads ``protocol``, ``augment.*`` and (tutorial protocol) ``split.*``."""
     augment_params = params.augment
-    result = augment(src, split_csv, out, manifest, protocol=params.protocol, ops=augment_params.ops,
-                     target=augment_params.target, seed=augment_params.seed, tutorial_ops=augment_params.tutorial_ops,
-                     test_size=params.split.test_size, split_seed=params.split.seed)
+    result = augment(
+        src,
+        split_csv,
+        out,
+        manifest,
+        protocol=params.protocol,
+        ops=augment_params.ops,
+        target=augment_params.target,
+        seed=augment_params.seed,
+        tutorial_ops=augment_params.tutorial_ops,
+        test_size=params.split.test_size,
+        split_seed=params.split.seed,
+    )
     write_json(report, result)
     return result
 
@@ -102,5 +133,7 @@ def command(
     report: Path = typer.Option(..., help="Stage report (counts)."),
 ) -> None:
     result = run(src, split_csv, out, manifest, report, config.load(PARAMS))
-    typer.echo(f"augment ({result['protocol']}): {result['n_images']} images "
-               f"({result['n_augmented']} augmented) -> {out}: {result['per_split_class']}")
+    typer.echo(
+        f"augment ({result['protocol']}): {result['n_images']} images "
+        f"({result['n_augmented']} augmented) -> {out}: {result['per_split_class']}"
+    )

@@ -37,17 +37,26 @@ def metric_warnings(result: dict) -> list[str]:
         classes = sorted(set(result["labels"][rows].tolist()))
         n = values["n_samples"]
         if len(classes) < 2:
-            found.append(f"{split}: all {n} images are of one class ({classes[0]!r}): ARI, NMI, AMI and accuracy "
-                         f"are trivial (ARI {values['ari']:.4f}) and say nothing about the clustering; "
-                         "add images of the other classes")
+            found.append(
+                f"{split}: all {n} images are of one class ({classes[0]!r}): ARI, NMI, AMI and accuracy "
+                f"are trivial (ARI {values['ari']:.4f}) and say nothing about the clustering; "
+                "add images of the other classes"
+            )
         if values["n_clusters_found"] < 2:
-            found.append(f"{split}: all {n} images fall in one cluster: the clustering separates nothing and "
-                         "silhouette is undefined")
-        undefined = [k for k, v in values.items() if isinstance(v, float) and v != v
-                     and not (k == "silhouette" and values["n_clusters_found"] < 2)]
+            found.append(
+                f"{split}: all {n} images fall in one cluster: the clustering separates nothing and "
+                "silhouette is undefined"
+            )
+        undefined = [
+            k
+            for k, v in values.items()
+            if isinstance(v, float) and v != v and not (k == "silhouette" and values["n_clusters_found"] < 2)
+        ]
         if undefined:
-            found.append(f"{split}: {', '.join(undefined)} undefined (NaN; written as null)"
-                         + (": every image is its own cluster" if values["n_clusters_found"] >= n else ""))
+            found.append(
+                f"{split}: {', '.join(undefined)} undefined (NaN; written as null)"
+                + (": every image is its own cluster" if values["n_clusters_found"] >= n else "")
+            )
     return found
 
 
@@ -60,8 +69,11 @@ def cluster_classes(result: dict) -> dict[str, str]:
 
 def own_params(params: config.PipelineParams) -> dict:
     """The keys this stage reads (dvc.yaml lists exactly these)."""
-    return {"evaluate": params.evaluate.model_dump(), "mlflow": params.mlflow.model_dump(),
-            "resize": {"resample": params.resize.resample}}
+    return {
+        "evaluate": params.evaluate.model_dump(),
+        "mlflow": params.mlflow.model_dump(),
+        "resize": {"resample": params.resize.resample},
+    }
 
 
 def logged_params(params: config.PipelineParams, lock_file: Path) -> dict:
@@ -72,9 +84,18 @@ def logged_params(params: config.PipelineParams, lock_file: Path) -> dict:
     return merged
 
 
-def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, plots_dir: Path,
-        predictions_path: Path, run_info: Path, reports: list[Path], params: config.PipelineParams,
-        mlflow_log: bool = True) -> dict:
+def run(
+    features_dir: Path,
+    model_path: Path,
+    images: Path,
+    metrics_path: Path,
+    plots_dir: Path,
+    predictions_path: Path,
+    run_info: Path,
+    reports: list[Path],
+    params: config.PipelineParams,
+    mlflow_log: bool = True,
+) -> dict:
     """Write metrics, predictions and plots; log the run to MLflow and write its id to ``run_info``."""
     import joblib
 
@@ -89,21 +110,35 @@ def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, 
     # plots first: should one fail, metrics.json and predictions.csv still hold the last good run's
     test_rows = result["splits"] == "test"
     shown = test_rows if test_rows.any() else np.ones(len(index), bool)
-    plots.plot_contingency(clusters[shown], result["labels"][shown], plots_dir / "contingency.png",
-                           title=f"Clusters x classes ({'test' if test_rows.any() else 'all'} images)")
+    plots.plot_contingency(
+        clusters[shown],
+        result["labels"][shown],
+        plots_dir / "contingency.png",
+        title=f"Clusters x classes ({'test' if test_rows.any() else 'all'} images)",
+    )
     with one_thread():  # a PCA(2) of the features when the model has none: thread-count independent too
         coordinates = plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps)
-    plots.plot_scatter(coordinates, clusters,
-                       result["labels"], plots_dir / "scatter.png", title="Images in the clustering space")
+    plots.plot_scatter(
+        coordinates, clusters, result["labels"], plots_dir / "scatter.png", title="Images in the clustering space"
+    )
     thumbs, captions = plots.thumbnails_by_cluster(index, clusters, images, params.evaluate.thumbnails)
     sizes = {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True))}
-    plots.plot_thumbnails(thumbs, plots_dir / "thumbnails.png", captions, title="Sample images per cluster",
-                          cluster_sizes=sizes)
+    plots.plot_thumbnails(
+        thumbs, plots_dir / "thumbnails.png", captions, title="Sample images per cluster", cluster_sizes=sizes
+    )
     # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
-    write_json(metrics_path, {split: {k: (None if v != v else v) for k, v in values.items()}
-                              for split, values in metrics.items()})
-    write_csv(predictions_path, ({"file": r["file"], "class": r["class"], "split": r["split"], "op": r["op"],
-                                  "cluster": int(c)} for r, c in zip(index, clusters)), PREDICTION_FIELDS)
+    write_json(
+        metrics_path,
+        {split: {k: (None if v != v else v) for k, v in values.items()} for split, values in metrics.items()},
+    )
+    write_csv(
+        predictions_path,
+        (
+            {"file": r["file"], "class": r["class"], "split": r["split"], "op": r["op"], "cluster": int(c)}
+            for r, c in zip(index, clusters)
+        ),
+        PREDICTION_FIELDS,
+    )
     if not mlflow_log:
         return {"metrics": metrics, "warnings": warnings}
 
@@ -120,12 +155,16 @@ def run(features_dir: Path, model_path: Path, images: Path, metrics_path: Path, 
     weights = meta["extractor"].get("weights")
     tags = runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE)
     if warnings:
-        tags[naming.METRIC_WARNINGS_TAG] = "; ".join(warnings)[:naming.TAG_VALUE_LIMIT]
+        tags[naming.METRIC_WARNINGS_TAG] = "; ".join(warnings)[: naming.TAG_VALUE_LIMIT]
     info = runs.log_run(
-        experiment=params.mlflow.experiment_name, params=logged_params(params, LOCK_FILE),
-        metrics=naming.split_metrics(metrics), tags=tags,
-        artifacts=[plots_dir, metrics_path, predictions_path], summary=summary,
-        cluster_classes=cluster_classes(result), model=pipeline,
+        experiment=params.mlflow.experiment_name,
+        params=logged_params(params, LOCK_FILE),
+        metrics=naming.split_metrics(metrics),
+        tags=tags,
+        artifacts=[plots_dir, metrics_path, predictions_path],
+        summary=summary,
+        cluster_classes=cluster_classes(result),
+        model=pipeline,
         model_input_example=np.asarray(features[test_index[:2]]),
         image_pipeline=image_pipeline(loader, extractor, pipeline),
         weights_file=weights if weights and Path(str(weights)).is_file() else None,
@@ -145,11 +184,23 @@ def command(
     reports: list[Path] = typer.Option([], "--report", help="Stage reports to summarise in MLflow (repeatable)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Record the run in MLflow."),
 ) -> None:
-    result = run(features_dir, model_path, images, metrics_path, plots_dir, predictions_path, run_info, reports,
-                 config.load(PARAMS), mlflow_log)
+    result = run(
+        features_dir,
+        model_path,
+        images,
+        metrics_path,
+        plots_dir,
+        predictions_path,
+        run_info,
+        reports,
+        config.load(PARAMS),
+        mlflow_log,
+    )
     for split, values in result["metrics"].items():
-        typer.echo(f"evaluate {split}: ARI {values['ari']:.4f}  NMI {values['nmi']:.4f}  "
-                   f"accuracy {values['cluster_accuracy']:.4f}  (n={values['n_samples']})")
+        typer.echo(
+            f"evaluate {split}: ARI {values['ari']:.4f}  NMI {values['nmi']:.4f}  "
+            f"accuracy {values['cluster_accuracy']:.4f}  (n={values['n_samples']})"
+        )
     for warning in result["warnings"]:
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
     if "run" in result:

@@ -25,8 +25,9 @@ def _load_stored(path: Path) -> np.ndarray:
     return np.asarray(open_image(path), dtype=np.uint8)
 
 
-def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, *, method: str, cnn_params: dict,
-              batch_size: int) -> dict:
+def featurize(
+    image_dir: Path, manifest_csv: Path, out_dir: Path, *, method: str, cnn_params: dict, batch_size: int
+) -> dict:
     """Write the feature store of the images listed in ``manifest_csv`` (rows in manifest order) to
     ``out_dir``; return its meta data. Features are written batch by batch, so memory stays bounded."""
     from tqdm import tqdm
@@ -50,12 +51,22 @@ def featurize(image_dir: Path, manifest_csv: Path, out_dir: Path, *, method: str
                     raise InputDataError(f"images in {image_dir} differ in shape {sorted(shapes)}; rerun resize.")
                 store.append(extractor.transform(arrays))
                 bar.update(len(batch))
-        meta = {"method": method, "n_samples": len(rows), "n_features": n_features,
-                "dtype": np.dtype(dtype).name, "image_shape": list(first.shape),
-                "color_mode": "gray" if first.ndim == 2 else "rgb",
-                "extractor": {k: v for k, v in extractor.get_params().items() if k != "progress"}}
-        store.close(({"file": r["path"], "class": r["class"], "split": r["split"], "source": r["source"],
-                      "op": r["op"]} for r in rows), meta)
+        meta = {
+            "method": method,
+            "n_samples": len(rows),
+            "n_features": n_features,
+            "dtype": np.dtype(dtype).name,
+            "image_shape": list(first.shape),
+            "color_mode": "gray" if first.ndim == 2 else "rgb",
+            "extractor": {k: v for k, v in extractor.get_params().items() if k != "progress"},
+        }
+        store.close(
+            (
+                {"file": r["path"], "class": r["class"], "split": r["split"], "source": r["source"], "op": r["op"]}
+                for r in rows
+            ),
+            meta,
+        )
     return meta
 
 
@@ -65,8 +76,9 @@ def cnn_params(params: config.CnnParams) -> dict:
 
 
 def run(src: Path, manifest: Path, out: Path, params: config.FeaturizeParams) -> dict:
-    return featurize(src, manifest, out, method=params.method, cnn_params=cnn_params(params.cnn),
-                     batch_size=params.batch_size)
+    return featurize(
+        src, manifest, out, method=params.method, cnn_params=cnn_params(params.cnn), batch_size=params.batch_size
+    )
 
 
 def command(
@@ -77,5 +89,7 @@ def command(
     start = time.perf_counter()
     meta = run(src, manifest, out, config.load(PARAMS).featurize)
     elapsed = time.perf_counter() - start  # printed, not stored: outputs must not depend on timing
-    typer.echo(f"featurize ({meta['method']}): {meta['n_samples']} x {meta['n_features']} {meta['dtype']} -> {out} "
-               f"in {elapsed:.1f} s ({meta['n_samples'] / elapsed:.0f} images/s, model load included)")
+    typer.echo(
+        f"featurize ({meta['method']}): {meta['n_samples']} x {meta['n_features']} {meta['dtype']} -> {out} "
+        f"in {elapsed:.1f} s ({meta['n_samples'] / elapsed:.0f} images/s, model load included)"
+    )

@@ -67,8 +67,11 @@ def duplicates_across_classes(rows: list[dict]) -> list[dict]:
     paths_by_hash: dict[str, list[str]] = defaultdict(list)
     for row in rows:
         paths_by_hash[row["sha256"]].append(row["path"])
-    return [{"sha256": digest, "paths": sorted(paths)} for digest, paths in sorted(paths_by_hash.items())
-            if len({path.split("/", 1)[0] for path in paths}) > 1]
+    return [
+        {"sha256": digest, "paths": sorted(paths)}
+        for digest, paths in sorted(paths_by_hash.items())
+        if len({path.split("/", 1)[0] for path in paths}) > 1
+    ]
 
 
 # what is not a regular file, by its lstat mode; such an entry is never opened (a FIFO would block
@@ -186,12 +189,26 @@ def _snapshot_one(path: Path, source: Path, raw_dir: Path) -> dict:
     target = raw_dir / rel
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(data)
-    return {"path": rel, "class": path.relative_to(source).parts[0], "width": width,
-            "height": height, "mode": mode, "sha256": hashlib.sha256(data).hexdigest()}
+    return {
+        "path": rel,
+        "class": path.relative_to(source).parts[0],
+        "width": width,
+        "height": height,
+        "mode": mode,
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
-def ingest(source: Path | str, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool = False,
-           workers: int | None = None, sha256: str = "", limits: Limits = Limits()) -> IngestReport:
+def ingest(
+    source: Path | str,
+    raw_dir: Path,
+    manifest_path: Path,
+    *,
+    skip_corrupt: bool = False,
+    workers: int | None = None,
+    sha256: str = "",
+    limits: Limits = Limits(),
+) -> IngestReport:
     """Snapshot every intact image of ``source`` into ``raw_dir`` and write its manifest.
 
     ``source`` is a folder of class subfolders, or a .zip/.tar.gz/.tgz of one (a local path or an
@@ -200,21 +217,29 @@ def ingest(source: Path | str, raw_dir: Path, manifest_path: Path, *, skip_corru
     an archive may unpack to.
     """
     with source_folder(source, sha256, limits) as resolved:
-        report = _ingest_folder(resolved.folder, raw_dir, manifest_path, skip_corrupt=skip_corrupt,
-                                workers=workers, label=None if resolved.archive_sha256 is None else str(source))
+        report = _ingest_folder(
+            resolved.folder,
+            raw_dir,
+            manifest_path,
+            skip_corrupt=skip_corrupt,
+            workers=workers,
+            label=None if resolved.archive_sha256 is None else str(source),
+        )
     report.source = {"source": str(source), "archive_sha256": resolved.archive_sha256}
     return report
 
 
-def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool,
-                   workers: int | None, label: str | None) -> IngestReport:
+def _ingest_folder(
+    source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool, workers: int | None, label: str | None
+) -> IngestReport:
     """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
     files, ignored = survey_source(source)
     all_files = [path for paths in files.values() for path in paths]
     with atomic_dir(raw_dir) as tmp:
         # workers write the snapshot as they validate it; a failure below discards it whole
-        described = pmap(partial(_snapshot_one, source=source, raw_dir=tmp), all_files, desc="ingest",
-                         unit="file", workers=workers)
+        described = pmap(
+            partial(_snapshot_one, source=source, raw_dir=tmp), all_files, desc="ingest", unit="file", workers=workers
+        )
         corrupt = [row for row in described if "error" in row]
         if corrupt and not skip_corrupt:
             named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
@@ -225,8 +250,12 @@ def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_cor
                 named,
             )
     rows = [row for row in described if "error" not in row]
-    report = IngestReport(ignored=list(ignored), ignored_reasons=ignored, corrupt=corrupt,
-                          duplicates_across_classes=duplicates_across_classes(rows))
+    report = IngestReport(
+        ignored=list(ignored),
+        ignored_reasons=ignored,
+        corrupt=corrupt,
+        duplicates_across_classes=duplicates_across_classes(rows),
+    )
     for row in rows:
         report.images[row["class"]] = report.images.get(row["class"], 0) + 1
     write_csv(manifest_path, rows, MANIFEST_FIELDS)
@@ -234,8 +263,14 @@ def _ingest_folder(source: Path, raw_dir: Path, manifest_path: Path, *, skip_cor
 
 
 def run(out: Path, manifest: Path, report: Path, data: config.DataParams, params: config.IngestParams) -> IngestReport:
-    result = ingest(data.source, out, manifest, skip_corrupt=params.skip_corrupt, sha256=data.sha256,
-                    limits=Limits(params.max_archive_bytes, params.max_compression_ratio))
+    result = ingest(
+        data.source,
+        out,
+        manifest,
+        skip_corrupt=params.skip_corrupt,
+        sha256=data.sha256,
+        limits=Limits(params.max_archive_bytes, params.max_compression_ratio),
+    )
     write_json(report, result.to_dict())
     return result
 
@@ -258,5 +293,8 @@ def command(
         if reason.endswith(NOT_REGULAR):
             typer.secho(f"warning: {params.data.source}/{path} ignored: {reason}", err=True, fg=typer.colors.YELLOW)
     for group in result.duplicates_across_classes:
-        typer.secho(f"warning: identical files in different classes: {', '.join(group['paths'])}",
-                    err=True, fg=typer.colors.YELLOW)
+        typer.secho(
+            f"warning: identical files in different classes: {', '.join(group['paths'])}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )

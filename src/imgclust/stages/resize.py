@@ -24,17 +24,20 @@ def _resize_one(job: tuple[Path, Path], size: tuple[int, int], color_mode: str, 
     save_new_png(array, target)
 
 
-def resize_images(in_dir: Path, out_dir: Path, width: int, height: int, color_mode: str, resample: str,
-                  workers: int | None = None) -> dict:
+def resize_images(
+    in_dir: Path, out_dir: Path, width: int, height: int, color_mode: str, resample: str, workers: int | None = None
+) -> dict:
     """Decode each image (EXIF orientation, any mode), convert to ``color_mode``, resize to
     ``width`` x ``height`` and save it as PNG under the same relative path in ``out_dir``."""
     if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
-        raise ParamError(f"resize.width and resize.height must be between 1 and {MAX_IMAGE_SIDE}, "
-                         f"got {width}x{height}.")
+        raise ParamError(
+            f"resize.width and resize.height must be between 1 and {MAX_IMAGE_SIDE}, got {width}x{height}."
+        )
     pil_mode(color_mode), resample_filter(resample)  # validate before any work
     in_dir = Path(in_dir)
-    sources = [p for folder in class_folders(in_dir) for p in sorted(folder.rglob("*"))
-               if p.is_file() and is_image_file(p)]
+    sources = [
+        p for folder in class_folders(in_dir) for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)
+    ]
     targets: dict[Path, Path] = {}
     for source in sources:
         rel = source.relative_to(in_dir).with_suffix(".png")
@@ -53,12 +56,15 @@ def resize_images(in_dir: Path, out_dir: Path, width: int, height: int, color_mo
     counts: dict[str, int] = {}
     with atomic_dir(out_dir) as tmp:
         jobs = [(source, tmp / rel) for rel, source in targets.items()]
-        pmap(partial(_resize_one, size=(width, height), color_mode=color_mode, resample=resample),
-             jobs, desc="resize", workers=workers)
+        pmap(
+            partial(_resize_one, size=(width, height), color_mode=color_mode, resample=resample),
+            jobs,
+            desc="resize",
+            workers=workers,
+        )
         for rel in targets:
             counts[rel.parts[0]] = counts.get(rel.parts[0], 0) + 1
-    return {"images_per_class": counts, "n_images": len(targets), "width": width,
-            "height": height, "mode": color_mode}
+    return {"images_per_class": counts, "n_images": len(targets), "width": width, "height": height, "mode": color_mode}
 
 
 def run(src: Path, out: Path, params: config.ResizeParams) -> dict:

@@ -64,18 +64,26 @@ def strip_masks(raw_dir: Path, out_dir: Path, patterns: list[str]) -> dict:
                 link_or_copy(path, target)
                 image_stems.setdefault(path.parent, set()).add(path.stem.lower())
                 n_kept += 1
-            alone += [mask.relative_to(raw_dir).as_posix() for mask in folder_masks
-                      if not _has_image_beside(mask, image_stems.get(mask.parent, set()))]
+            alone += [
+                mask.relative_to(raw_dir).as_posix()
+                for mask in folder_masks
+                if not _has_image_beside(mask, image_stems.get(mask.parent, set()))
+            ]
             if not n_kept:
                 raise EmptyClassError(
                     f"{folder}: no image left after removing masks ({n_masks} mask file(s) matched "
                     f"{patterns}). Check strip_masks.patterns or the class folder's content."
                 )
             kept[folder.name], masks[folder.name] = n_kept, n_masks
-    return {"images_per_class": kept, "masks_per_class": masks,
-            "n_images": sum(kept.values()), "n_masks": sum(masks.values()),
-            "n_removed_by_pattern": {pattern: len(paths) for pattern, paths in removed.items()},
-            "removed_by_pattern": removed, "masks_without_image": alone}
+    return {
+        "images_per_class": kept,
+        "masks_per_class": masks,
+        "n_images": sum(kept.values()),
+        "n_masks": sum(masks.values()),
+        "n_removed_by_pattern": {pattern: len(paths) for pattern, paths in removed.items()},
+        "removed_by_pattern": removed,
+        "masks_without_image": alone,
+    }
 
 
 def run(raw: Path, out: Path, report: Path, params: config.StripMasksParams) -> dict:
@@ -91,11 +99,21 @@ def command(
 ) -> None:
     result = run(raw, out, report, config.load(PARAMS).strip_masks)
     per_pattern = ", ".join(f"{n} by {pattern!r}" for pattern, n in result["n_removed_by_pattern"].items())
-    typer.echo(f"strip-masks: kept {result['n_images']} images, removed {result['n_masks']} masks ({per_pattern}) -> {out}")
+    typer.echo(
+        f"strip-masks: kept {result['n_images']} images, removed {result['n_masks']} masks ({per_pattern}) -> {out}"
+    )
     alone = result["masks_without_image"]
     for rel in alone[:SHOWN_ALONE]:
-        typer.secho(f"warning: {raw / rel} was removed as a mask, but no image of its name is beside it: "
-                    "if it is a real image, rename it or narrow strip_masks.patterns", err=True, fg=typer.colors.YELLOW)
+        typer.secho(
+            f"warning: {raw / rel} was removed as a mask, but no image of its name is beside it: "
+            "if it is a real image, rename it or narrow strip_masks.patterns",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     if len(alone) > SHOWN_ALONE:
-        typer.secho(f"warning: {len(alone) - SHOWN_ALONE} more such file(s); all are listed under "
-                    f"masks_without_image in {report}", err=True, fg=typer.colors.YELLOW)
+        typer.secho(
+            f"warning: {len(alone) - SHOWN_ALONE} more such file(s); all are listed under "
+            f"masks_without_image in {report}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )

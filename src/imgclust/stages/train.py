@@ -28,9 +28,15 @@ def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[o
     if not is_train.any():
         raise InputDataError(f"{features_dir}: no train rows; check the split stage.")
     train = params.train
-    pipeline = fit_model(features, is_train, method=meta["method"], pca=train.pca.model_dump(),
-                         kmeans=train.kmeans.model_dump(), scalable=train.scalable.model_dump(),
-                         pca_on_all=params.protocol == "tutorial")
+    pipeline = fit_model(
+        features,
+        is_train,
+        method=meta["method"],
+        pca=train.pca.model_dump(),
+        kmeans=train.kmeans.model_dump(),
+        scalable=train.scalable.model_dump(),
+        pca_on_all=params.protocol == "tutorial",
+    )
     with atomic_file(out) as tmp:
         joblib.dump(pipeline, tmp)
     return pipeline, int(is_train.sum())

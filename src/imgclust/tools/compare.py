@@ -33,14 +33,23 @@ class Format(str, Enum):
     json = "json"
 
 
-def runs_table(experiment_name: str, filter_string: str = "", sort: str = "ari_test", ascending: bool = False,
-               limit: int | None = None, include_unfinished: bool = False):
+def runs_table(
+    experiment_name: str,
+    filter_string: str = "",
+    sort: str = "ari_test",
+    ascending: bool = False,
+    limit: int | None = None,
+    include_unfinished: bool = False,
+):
     """A pandas DataFrame of the pipeline runs of ``experiment_name``, one row per run; only runs
     that finished unless ``include_unfinished``."""
     import pandas as pd
 
-    sort_column = sort if sort in COLUMNS else next(
-        (title for title, field in COLUMNS.items() if field == metric_column(metric_name(sort))), None)
+    sort_column = (
+        sort
+        if sort in COLUMNS
+        else next((title for title, field in COLUMNS.items() if field == metric_column(metric_name(sort))), None)
+    )
     if sort_column is None:
         raise ParamError(f"cannot sort by {sort!r}; use one of {', '.join(COLUMNS)}.")
     runs = store.pipeline_runs(experiment_name, filter_string, include_unfinished)
@@ -85,8 +94,14 @@ def command(
 ) -> None:
     store.configure()
     with store.tracking_errors():
-        table = runs_table(store.experiment_name(experiment or config.experiment_name()), filter_string, sort,
-                           ascending, limit or None, include_unfinished)
+        table = runs_table(
+            store.experiment_name(experiment or config.experiment_name()),
+            filter_string,
+            sort,
+            ascending,
+            limit or None,
+            include_unfinished,
+        )
     text = render(table, fmt)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)

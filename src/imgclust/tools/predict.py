@@ -18,6 +18,8 @@ from imgclust.tracking import store
 OUTPUT_FIELDS = ("path", "cluster", "cluster_class", "error")
 # model URIs resolved against the configured tracking store / registry: loaded without --trust
 STORE_SCHEMES = ("models", "runs")
+
+
 class Format(str, Enum):
     csv = "csv"
     json = "json"
@@ -65,8 +67,12 @@ def check_model_uri(model_uri: str, trust: bool = False) -> None:
     """Refuse (ParamError) to load a model from anywhere but the configured tracking store or
     registry unless ``trust``: loading a model folder unpickles its objects, which runs their code."""
     parts = urlsplit(model_uri)
-    in_store = (parts.scheme in STORE_SCHEMES and not parts.netloc and model_uri.startswith(f"{parts.scheme}:/")
-                and ".." not in PurePosixPath(parts.path).parts)
+    in_store = (
+        parts.scheme in STORE_SCHEMES
+        and not parts.netloc
+        and model_uri.startswith(f"{parts.scheme}:/")
+        and ".." not in PurePosixPath(parts.path).parts
+    )
     if in_store or trust:
         return
     raise ParamError(
@@ -93,7 +99,7 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
     rows: list[dict] = []
     with tqdm(total=len(images), desc="predict", unit="img", disable=None, leave=False) as bar:
         for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size]
+            batch = images[start : start + batch_size]
             good = []
             for path in batch:
                 reason = not_a_regular_file(path)
@@ -107,8 +113,10 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
                     rows.append({"path": str(path), "cluster": None, "cluster_class": None, "error": str(exc)})
             if good:
                 clusters = model.predict(pd.DataFrame({"path": [str(p) for p in good]}))
-                rows += [{"path": str(p), "cluster": int(c), "cluster_class": classes.get(int(c)), "error": None}
-                         for p, c in zip(good, clusters)]
+                rows += [
+                    {"path": str(p), "cluster": int(c), "cluster_class": classes.get(int(c)), "error": None}
+                    for p, c in zip(good, clusters)
+                ]
             bar.update(len(batch))
     order = {str(p): i for i, p in enumerate(images)}
     return sorted(rows, key=lambda r: order[r["path"]])
@@ -116,14 +124,21 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
 
 def command(
     images: list[Path] = typer.Argument(..., help="Image files and/or folders (searched recursively)."),
-    model: str = typer.Option("models:/imgclust@champion", help="models:/NAME@ALIAS, models:/NAME/VERSION or "
-                              "runs:/RUN_ID/image_model of the tracking store; any other location needs --trust."),
+    model: str = typer.Option(
+        "models:/imgclust@champion",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION or "
+        "runs:/RUN_ID/image_model of the tracking store; any other location needs --trust.",
+    ),
     output: Path = typer.Option(..., "--output", "-o", help="File to write (.csv or .json)."),
     fmt: Format = typer.Option(None, "--format", help="csv or json (default: from the output suffix)."),
     exclude: list[str] = typer.Option(["*_mask*"], help="File-name patterns to skip (repeatable)."),
     batch_size: int = typer.Option(64, help="Images per model call."),
-    trust: bool = typer.Option(False, "--trust", help="Load --model from a folder, file or other location: "
-                               "loading unpickles its code, so only for a model you trust."),
+    trust: bool = typer.Option(
+        False,
+        "--trust",
+        help="Load --model from a folder, file or other location: "
+        "loading unpickles its code, so only for a model you trust.",
+    ),
 ) -> None:
     check_model_uri(model, trust)
     store.configure()

@@ -28,8 +28,14 @@ from imgclust.tracking.naming import (
 )
 
 # variables that would make the reproduction log to (or resolve the store of) somewhere else
-SCRUBBED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "DVC_ROOT", "DVC_EXP_NAME",
-                "DVC_EXP_BASELINE_REV")
+SCRUBBED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+    "DVC_ROOT",
+    "DVC_EXP_NAME",
+    "DVC_EXP_BASELINE_REV",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +109,9 @@ def restore_params(base: dict, logged: dict[str, str]) -> tuple[dict, dict[str, 
 # ---------------------------------------------------------------------------------------- comparison
 
 
-def compare_values(logged: dict[str, object], reproduced: dict[str, object],
-                   tolerance: float | None = None) -> list[Check]:
+def compare_values(
+    logged: dict[str, object], reproduced: dict[str, object], tolerance: float | None = None
+) -> list[Check]:
     """One Check per key of either side; numbers within ``tolerance`` (relative or absolute) match."""
     checks = []
     for name in sorted(set(logged) | set(reproduced)):
@@ -126,7 +133,8 @@ def check(result: ReproduceResult) -> None:
         more = f" and {len(result.mismatches) - 8} more" if len(result.mismatches) > 8 else ""
         raise ReproductionMismatchError(
             f"run {result.run_id} NOT reproduced: {len(result.mismatches)} value(s) differ ({names}{more}); "
-            f"the re-run is kept in {result.workdir}.")
+            f"the re-run is kept in {result.workdir}."
+        )
 
 
 def format_result(result: ReproduceResult) -> str:
@@ -137,8 +145,10 @@ def format_result(result: ReproduceResult) -> str:
 
     lines = [f"run {result.run_id}: commit {result.git_commit[:12]} of {result.repo}, re-run in {result.workdir}"]
     if result.git_dirty:
-        lines.append("  note: the run was logged with uncommitted changes (git_dirty); only its parameters "
-                     "are restored (dvc.lock and params.yaml changes are expected during a pipeline run)")
+        lines.append(
+            "  note: the run was logged with uncommitted changes (git_dirty); only its parameters "
+            "are restored (dvc.lock and params.yaml changes are expected during a pipeline run)"
+        )
     for key, (old, new) in result.params_restored.items():
         lines.append(f"  param {key}: {old!r} (commit) -> {new!r} (run)")
     if result.source_rewritten:
@@ -146,8 +156,10 @@ def format_result(result: ReproduceResult) -> str:
     if result.pulled is not None:
         lines.append(f"  dvc pull: {'ok' if result.pulled else 'failed or partial; missing outputs recomputed'}")
     rows = [("", "logged", "reproduced", "")]
-    rows += [(c.name, show(c.logged), show(c.reproduced), "ok" if c.match else "DIFFERS")
-             for c in (*result.metrics, *result.hashes)]
+    rows += [
+        (c.name, show(c.logged), show(c.reproduced), "ok" if c.match else "DIFFERS")
+        for c in (*result.metrics, *result.hashes)
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if result.new_run_id:
@@ -207,8 +219,10 @@ def clone_at(repo: str, workdir: Path, commit: str) -> None:
     for refspec in ("+refs/exps/*:refs/exps/*", commit):
         subprocess.run(["git", "fetch", "--quiet", "origin", refspec], cwd=workdir, capture_output=True)
     if subprocess.run(checkout, cwd=workdir, capture_output=True).returncode != 0:
-        raise ReproductionError(f"commit {commit} is not in {repo}: push it (or the branch holding it), "
-                                "or pass --repo with a repository that has it.")
+        raise ReproductionError(
+            f"commit {commit} is not in {repo}: push it (or the branch holding it), "
+            "or pass --repo with a repository that has it."
+        )
 
 
 def _prepare_workdir(workdir: Path | None, run_id: str) -> Path:
@@ -249,8 +263,15 @@ def _evaluate_outputs(workdir: Path) -> tuple[Path, Path]:
     return workdir / (names[0] if names else "metrics.json"), workdir / run_info
 
 
-def reproduce_run(run_id: str, repo: str | None = None, workdir: Path | None = None, *, pull: bool = True,
-                  tolerance: float = 1e-9, log: Callable[[str], None] | None = None) -> ReproduceResult:
+def reproduce_run(
+    run_id: str,
+    repo: str | None = None,
+    workdir: Path | None = None,
+    *,
+    pull: bool = True,
+    tolerance: float = 1e-9,
+    log: Callable[[str], None] | None = None,
+) -> ReproduceResult:
     """Re-run MLflow run ``run_id`` from its commit and parameters in a fresh clone; compare.
 
     The clone is of ``repo`` (default: the current project's repository) in ``workdir`` (default:
@@ -268,8 +289,10 @@ def reproduce_run(run_id: str, repo: str | None = None, workdir: Path | None = N
     tags, logged_params = run.data.tags, run.data.params
     commit = tags.get(GIT_COMMIT_TAG)
     if not commit:
-        raise ReproductionError(f"run {run_id} has no git_commit tag (it was not logged from a git "
-                                "repository), so its code cannot be checked out.")
+        raise ReproductionError(
+            f"run {run_id} has no git_commit tag (it was not logged from a git "
+            "repository), so its code cannot be checked out."
+        )
     repo = repo or default_repo()
     if Path(repo).exists():  # a local path: absolute, since git clone runs elsewhere
         repo = str(Path(repo).resolve())
@@ -304,8 +327,13 @@ def reproduce_run(run_id: str, repo: str | None = None, workdir: Path | None = N
     hashes = {k: v for k, v in tags.items() if k.startswith(DATA_TAG_PREFIX)}
     new_run_id = json.loads(run_info.read_text()).get("run_id") if run_info.is_file() else None
     return ReproduceResult(
-        run_id=run_id, repo=repo, workdir=workdir, git_commit=commit,
-        git_dirty=tags.get(GIT_DIRTY_TAG) == "true", params_restored=changed, source_rewritten=source,
+        run_id=run_id,
+        repo=repo,
+        workdir=workdir,
+        git_commit=commit,
+        git_dirty=tags.get(GIT_DIRTY_TAG) == "true",
+        params_restored=changed,
+        source_rewritten=source,
         pulled=pulled,
         metrics=compare_values(dict(run.data.metrics), reproduced, tolerance),
         hashes=compare_values(hashes, runs.dvc_lock_hashes(workdir / "dvc.lock")),
@@ -320,9 +348,12 @@ def command(
     pull: bool = typer.Option(True, "--pull/--no-pull", help="dvc pull first when the commit configures a remote."),
     tolerance: float = typer.Option(1e-9, help="Relative/absolute tolerance on metrics."),
 ) -> None:
-    result = reproduce_run(run_id, repo, workdir, pull=pull, tolerance=tolerance,
-                           log=lambda message: typer.echo(message, err=True))
+    result = reproduce_run(
+        run_id, repo, workdir, pull=pull, tolerance=tolerance, log=lambda message: typer.echo(message, err=True)
+    )
     typer.echo(format_result(result))
     check(result)
-    typer.echo(f"reproduce: run {run_id} reproduced: {len(result.metrics)} metrics and "
-               f"{len(result.hashes)} data hashes identical.")
+    typer.echo(
+        f"reproduce: run {run_id} reproduced: {len(result.metrics)} metrics and "
+        f"{len(result.hashes)} data hashes identical."
+    )

@@ -19,12 +19,24 @@ def run(features_dir: Path, ks: list[int], out: Path, plot: Path, params: config
     """Scan ``ks`` on the feature store with ``protocol`` and ``train.*``; write the table and plot."""
     features, index, meta = load_features(features_dir)
     train = params.train
-    rows = scan_k(features, index, ks, method=meta["method"], pca=train.pca.model_dump(),
-                  kmeans=train.kmeans.model_dump(), scalable=train.scalable.model_dump(),
-                  pca_on_all=params.protocol == "tutorial")
+    rows = scan_k(
+        features,
+        index,
+        ks,
+        method=meta["method"],
+        pca=train.pca.model_dump(),
+        kmeans=train.kmeans.model_dump(),
+        scalable=train.scalable.model_dump(),
+        pca_on_all=params.protocol == "tutorial",
+    )
     write_json(out, [{k: (None if v != v else v) for k, v in row.items()} for row in rows])
-    plots.plot_k_scan([r["k"] for r in rows], [r["inertia"] for r in rows], [r["silhouette"] for r in rows],
-                      [r["ari_train"] for r in rows], plot)
+    plots.plot_k_scan(
+        [r["k"] for r in rows],
+        [r["inertia"] for r in rows],
+        [r["silhouette"] for r in rows],
+        [r["ari_train"] for r in rows],
+        plot,
+    )
     return rows
 
 
@@ -44,6 +56,7 @@ def command(
         typer.echo("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if mlflow_log:
         settings = {"k_min": k_min, "k_max": k_max, "protocol": params.protocol, "train": params.train.model_dump()}
-        run_id = runs.log_scan(rows, settings, features_meta["method"], [plot, out],
-                               experiment or params.mlflow.experiment_name)
+        run_id = runs.log_scan(
+            rows, settings, features_meta["method"], [plot, out], experiment or params.mlflow.experiment_name
+        )
         typer.echo(f"mlflow: k-scan run {run_id}")

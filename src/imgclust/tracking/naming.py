@@ -33,8 +33,14 @@ SUMMARY_ARTIFACT = "summary.json"
 PARAM_VALUE_LIMIT = 6000  # MLflow's longest parameter value
 TAG_VALUE_LIMIT = 5000  # characters MLflow keeps of a tag value
 # table column -> MLflow metric, for the spellings users type (ari_test) besides the logged ones (test_ari)
-METRIC_ALIASES = {"ari_train": "train_ari", "ari_test": "test_ari", "nmi_train": "train_nmi",
-                  "nmi_test": "test_nmi", "acc_train": "train_cluster_accuracy", "acc_test": "test_cluster_accuracy"}
+METRIC_ALIASES = {
+    "ari_train": "train_ari",
+    "ari_test": "test_ari",
+    "nmi_train": "train_nmi",
+    "nmi_test": "test_nmi",
+    "acc_train": "train_cluster_accuracy",
+    "acc_test": "test_cluster_accuracy",
+}
 
 
 def model_uri_tag(artifact: str) -> str:
@@ -53,8 +59,12 @@ def metric_name(name: str) -> str:
 
 def split_metrics(metrics: dict[str, dict]) -> dict[str, float]:
     """metrics.json ({split: {name: value}}) under the logged names; NaN and None dropped."""
-    return {metric_key(split, name): float(value) for split, values in metrics.items()
-            for name, value in values.items() if value is not None and value == value}
+    return {
+        metric_key(split, name): float(value)
+        for split, values in metrics.items()
+        for name, value in values.items()
+        if value is not None and value == value
+    }
 
 
 def flatten(params: dict, prefix: str = "") -> dict[str, object]:

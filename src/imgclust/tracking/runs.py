@@ -101,11 +101,11 @@ def fail_dead_runs(experiment_id: str) -> list[str]:
             continue  # another machine, or another container of this one: its pids mean nothing here
         if not pid.isdigit() or not process_gone(int(pid), tags.get(PID_START_TAG)):
             continue
-        client.set_tag(run.info.run_id, FAILED_REASON_TAG,
-                       f"process {pid} on {host} ended while the run was RUNNING (killed)")
+        client.set_tag(
+            run.info.run_id, FAILED_REASON_TAG, f"process {pid} on {host} ended while the run was RUNNING (killed)"
+        )
         client.set_terminated(run.info.run_id, "FAILED")
-        log.warning("MLflow run %s was left RUNNING by process %s, which is gone: marked FAILED",
-                    run.info.run_id, pid)
+        log.warning("MLflow run %s was left RUNNING by process %s, which is gone: marked FAILED", run.info.run_id, pid)
         failed.append(run.info.run_id)
     return failed
 
@@ -194,9 +194,21 @@ def pipeline_tags(method: str, cwd: Path, lock_path: Path) -> dict[str, str]:
     return {**git_tags(cwd), **dvc_tags(), **dvc_lock_hashes(lock_path), METHOD_TAG: method, KIND_TAG: PIPELINE_KIND}
 
 
-def log_run(*, experiment: str | None, params: dict, metrics: dict[str, float], tags: dict[str, str],
-            artifacts: list[Path], cluster_classes: dict, summary: dict, model, model_input_example: np.ndarray,
-            image_pipeline, weights_file: str | None = None, root: Path | None = None) -> dict:
+def log_run(
+    *,
+    experiment: str | None,
+    params: dict,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: list[Path],
+    cluster_classes: dict,
+    summary: dict,
+    model,
+    model_input_example: np.ndarray,
+    image_pipeline,
+    weights_file: str | None = None,
+    root: Path | None = None,
+) -> dict:
     """Log one pipeline execution as one MLflow run and return {run_id, experiment_id, tracking_uri}.
 
     Two models are logged: ``model`` (mlflow.sklearn, features -> cluster) and ``image_model``
@@ -204,11 +216,20 @@ def log_run(*, experiment: str | None, params: dict, metrics: dict[str, float], 
     """
     uri, artifact_root = configure(root)
     with tracking_errors(), store_lock(uri):
-        return _log_run(uri, artifact_root, experiment=experiment_name(experiment), params=params, metrics=metrics,
-                        tags=tags, artifacts=artifacts,
-                        dicts={SUMMARY_ARTIFACT: summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes},
-                        model=model, model_input_example=model_input_example, image_pipeline=image_pipeline,
-                        weights_file=weights_file)
+        return _log_run(
+            uri,
+            artifact_root,
+            experiment=experiment_name(experiment),
+            params=params,
+            metrics=metrics,
+            tags=tags,
+            artifacts=artifacts,
+            dicts={SUMMARY_ARTIFACT: summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes},
+            model=model,
+            model_input_example=model_input_example,
+            image_pipeline=image_pipeline,
+            weights_file=weights_file,
+        )
 
 
 def _log_artifacts(artifacts: list[Path]) -> None:
@@ -221,8 +242,21 @@ def _log_artifacts(artifacts: list[Path]) -> None:
             mlflow.log_artifact(str(path))
 
 
-def _log_run(uri, artifact_root, *, experiment, params, metrics, tags, artifacts, dicts, model,
-             model_input_example, image_pipeline, weights_file) -> dict:
+def _log_run(
+    uri,
+    artifact_root,
+    *,
+    experiment,
+    params,
+    metrics,
+    tags,
+    artifacts,
+    dicts,
+    model,
+    model_input_example,
+    image_pipeline,
+    weights_file,
+) -> dict:
     import tempfile
     import warnings
 
@@ -242,8 +276,10 @@ def _log_run(uri, artifact_root, *, experiment, params, metrics, tags, artifacts
     with_keras = type(image_pipeline.named_steps["features"]).__name__ == "KerasFeatureExtractor"
     requirements = _pip_requirements(with_keras)
     code_paths = [str(Path(imgclust.__file__).parent)]
-    with mlflow.start_run(experiment_id=experiment_id, tags={**tags, **process_tags()}) as run, \
-            warnings.catch_warnings():
+    with (
+        mlflow.start_run(experiment_id=experiment_id, tags={**tags, **process_tags()}) as run,
+        warnings.catch_warnings(),
+    ):
         # MLflow's advice on type hints and input examples does not apply to these models
         warnings.simplefilter("ignore", UserWarning)
         mlflow.log_params({k: param_value(v) for k, v in flatten(params).items()})
@@ -253,8 +289,12 @@ def _log_run(uri, artifact_root, *, experiment, params, metrics, tags, artifacts
         _log_artifacts(artifacts)
         example = np.asarray(model_input_example)
         feature_model = mlflow.sklearn.log_model(
-            model, name="model", signature=infer_signature(example, model.predict(example)),
-            input_example=example, pip_requirements=requirements, code_paths=code_paths,
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict(example)),
+            input_example=example,
+            pip_requirements=requirements,
+            code_paths=code_paths,
             skops_trusted_types=[f"{PixelScaler.__module__}.{PixelScaler.__qualname__}"],
         )
         with tempfile.TemporaryDirectory() as tmp:
@@ -265,12 +305,16 @@ def _log_run(uri, artifact_root, *, experiment, params, metrics, tags, artifacts
                 model_artifacts["weights"] = weights_file
             frame = pd.DataFrame({"path": ["image.png"]})
             image_model = mlflow.pyfunc.log_model(
-                name="image_model", python_model=ImageClusterModel(), artifacts=model_artifacts,
-                code_paths=code_paths, pip_requirements=requirements,
+                name="image_model",
+                python_model=ImageClusterModel(),
+                artifacts=model_artifacts,
+                code_paths=code_paths,
+                pip_requirements=requirements,
                 signature=infer_signature(frame, np.zeros(len(frame), dtype=np.int64)),
             )
-        mlflow.set_tags({model_uri_tag("model"): feature_model.model_uri,
-                         model_uri_tag("image_model"): image_model.model_uri})
+        mlflow.set_tags(
+            {model_uri_tag("model"): feature_model.model_uri, model_uri_tag("image_model"): image_model.model_uri}
+        )
         return {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
 
 

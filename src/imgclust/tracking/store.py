@@ -83,10 +83,14 @@ def tracking_errors():
         message = getattr(exc, "message", None) or str(exc)
         first = message.splitlines()[0] if message else repr(exc)
         if isinstance(exc, _database_errors()) and sqlite_file(uri) is not None:
-            raise TrackingError(f"MLflow store {sqlite_file(uri)} cannot be read as a database: {first}. Restore it "
-                                "from a backup, or move it away to start a new store.") from exc
-        raise TrackingError(f"MLflow store {uri} failed: {first}. "
-                            "Check MLFLOW_TRACKING_URI (unset it to use the project's mlruns/mlflow.db).") from exc
+            raise TrackingError(
+                f"MLflow store {sqlite_file(uri)} cannot be read as a database: {first}. Restore it "
+                "from a backup, or move it away to start a new store."
+            ) from exc
+        raise TrackingError(
+            f"MLflow store {uri} failed: {first}. "
+            "Check MLFLOW_TRACKING_URI (unset it to use the project's mlruns/mlflow.db)."
+        ) from exc
 
 
 @contextlib.contextmanager
@@ -141,12 +145,14 @@ def check_sqlite_store(uri: str, settle_s: float = 3.0) -> None:
         raise TrackingError(
             f"{db}: the MLflow store is empty (0 bytes), so the runs logged in it are gone; imgclust does not "
             f"create a new store over it. Restore it from a backup, or move it away to start a new store ({move}); "
-            "the artifacts of the old runs stay in the artifacts folder beside it.")
+            "the artifacts of the old runs stay in the artifacts folder beside it."
+        )
     if head != SQLITE_MAGIC:
         what = "not a regular file" if head is None else f"not an SQLite database (it starts with {head[:8]!r})"
         raise TrackingError(
             f"{db}: the MLflow store is {what}. Restore it from a backup, or move it away to start a new "
-            f"store ({move}).")
+            f"store ({move})."
+        )
 
 
 def configure(root: Path | None = None) -> tuple[str, str | None]:
@@ -201,8 +207,10 @@ def experiment_id(name: str) -> str:
 
     experiment = mlflow.MlflowClient().get_experiment_by_name(name)
     if experiment is None:
-        raise ParamError(f"no MLflow experiment {name!r} in {mlflow.get_tracking_uri()}; "
-                         "run the pipeline first (dvc repro) or pass --experiment.")
+        raise ParamError(
+            f"no MLflow experiment {name!r} in {mlflow.get_tracking_uri()}; "
+            "run the pipeline first (dvc repro) or pass --experiment."
+        )
     return experiment.experiment_id
 
 
@@ -213,8 +221,10 @@ def fetch_run(run_id: str):
     try:
         return mlflow.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise ParamError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}; see `imgclust compare`, "
-                         "or set MLFLOW_TRACKING_URI to the store that holds it.") from None
+        raise ParamError(
+            f"no run {run_id!r} in {mlflow.get_tracking_uri()}; see `imgclust compare`, "
+            "or set MLFLOW_TRACKING_URI to the store that holds it."
+        ) from None
 
 
 def pipeline_runs(experiment: str, filter_string: str = "", include_unfinished: bool = False):
@@ -236,8 +246,11 @@ def best_run_id(experiment: str, metric: str, ascending: bool = False) -> str:
 
     metric = metric_name(metric)
     runs = mlflow.MlflowClient().search_runs(
-        [experiment_id(experiment)], filter_string=f"{FINISHED_RUNS} and {PIPELINE_RUNS}",
-        order_by=[f"{metric_column(metric)} {'ASC' if ascending else 'DESC'}"], max_results=1)
+        [experiment_id(experiment)],
+        filter_string=f"{FINISHED_RUNS} and {PIPELINE_RUNS}",
+        order_by=[f"{metric_column(metric)} {'ASC' if ascending else 'DESC'}"],
+        max_results=1,
+    )
     if not runs or metric not in runs[0].data.metrics:
         raise ParamError(f"no finished run of experiment {experiment!r} has metric {metric!r}.")
     return runs[0].info.run_id
