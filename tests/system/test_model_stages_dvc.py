@@ -36,6 +36,15 @@ def test_import_does_not_import_pyplot(module):
     assert res.stdout.strip() == "False"
 
 
+def test_the_cli_and_the_pool_workers_import_no_heavy_library():
+    """Every stage process (and every spawned decoding worker, which imports the console script
+    again) pays the CLI's import time: scikit-learn, MLflow and matplotlib load only when used."""
+    heavy = ("sklearn", "mlflow", "matplotlib", "pandas", "keras", "tensorflow")
+    code = f"import sys, imgclust.cli; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------- the installed console script
 
 

@@ -264,6 +264,7 @@ def test_batching_and_progress(pretrained, capsys):
     assert "img" in capsys.readouterr().err  # tqdm bar with unit img (rate in img/s)
 
 
+@pytest.mark.slow  # builds the backbone three times
 def test_pipeline_pickle_round_trip(pretrained, tmp_path):
     images = np.stack([gray_image(96, 96, k % 2 * 2) for k in range(8)])  # ramps and disks
     pipe = make_pipeline(pretrained, KMeans(2, n_init=1, random_state=0))
@@ -311,6 +312,7 @@ def test_read_only_keras_home_falls_back_to_its_file(pretrained, monkeypatch, no
 # --- weights from a file, offline ImageNet failure ------------------------------------------------
 
 
+@pytest.mark.slow  # builds the backbone three times
 def test_weights_path_round_trip(tmp_path):
     saver = KerasFeatureExtractor(alpha=0.25, weights=None, input_size=64).fit()
     path = tmp_path / "mobilenet_025.weights.h5"
@@ -352,11 +354,11 @@ def test_offline_failure_names_alpha(tmp_path, monkeypatch):
     [
         ("mobilenet", 64, 1024),
         ("mobilenet_v2", 64, 1280),
-        ("resnet50", 64, 2048),
-        ("efficientnet_b0", 64, 1280),
+        pytest.param("resnet50", 64, 2048, marks=pytest.mark.slow),  # large: seconds to build
+        pytest.param("efficientnet_b0", 64, 1280, marks=pytest.mark.slow),  # large: seconds to build
         ("vgg16", 64, 512),
-        ("inception_v3", 75, 2048),
-        ("densenet121", 64, 1024),
+        pytest.param("inception_v3", 75, 2048, marks=pytest.mark.slow),  # large: seconds to build
+        pytest.param("densenet121", 64, 1024, marks=pytest.mark.slow),  # large: seconds to build
     ],
 )
 def test_backbone_dimensions(backbone, input_size, n_features):

@@ -375,6 +375,7 @@ def _project(tmp_path: Path, db: bytes | None) -> Path:
 
 
 @pytest.mark.parametrize(("content", "words"), [(b"", "empty (0 bytes)"), (b"not a database\n", "not an SQLite")])
+@pytest.mark.slow  # creates MLflow stores (seconds each)
 def test_empty_or_foreign_store_file_is_refused_and_left_as_is(tracking_env, tmp_path, content, words):
     root = _project(tmp_path, content)
     db = root / "mlruns" / "mlflow.db"
@@ -384,6 +385,7 @@ def test_empty_or_foreign_store_file_is_refused_and_left_as_is(tracking_env, tmp
     assert db.read_bytes() == content, "the store file must not be re-created"
 
 
+@pytest.mark.slow  # creates MLflow stores (seconds each)
 def test_configure_refuses_an_empty_store_named_by_mlflow_tracking_uri(tracking_env, tmp_path):
     db = tmp_path / "elsewhere.db"
     db.write_bytes(b"")
@@ -393,6 +395,7 @@ def test_configure_refuses_an_empty_store_named_by_mlflow_tracking_uri(tracking_
     assert db.stat().st_size == 0
 
 
+@pytest.mark.slow  # creates MLflow stores (seconds each)
 def test_damaged_sqlite_store_is_a_tracking_error(tracking_env, tmp_path):
     """The SQLite magic, then garbage: SQLAlchemy's DatabaseError becomes a TrackingError."""
     root = _project(tmp_path, store.SQLITE_MAGIC + bytes(range(256)) * 8)
@@ -435,6 +438,7 @@ def test_local_store_leaves_http_settings_alone(tracking_env, tmp_path):
     assert not set(store.HTTP_REQUEST_DEFAULTS) & set(os.environ)
 
 
+@pytest.mark.slow  # creates MLflow stores (seconds each)
 def test_unreachable_tracking_server_fails_within_30_s(tracking_env, tmp_path):
     with socket.socket() as sock:  # a port nobody listens on: connections are refused
         sock.bind(("127.0.0.1", 0))
@@ -457,6 +461,7 @@ def _dead_pid() -> int:
         return 2**22 + 1
 
 
+@pytest.mark.slow  # creates MLflow stores (seconds each)
 def test_runs_left_running_by_a_dead_process_of_this_host_are_marked_failed(tracking_env, tmp_path):
     import mlflow
 

@@ -320,6 +320,7 @@ def test_evaluate_outputs_follow_the_checked_out_dvc_yaml(tmp_path):
 # ---------------------------------------------------------------- log_run into a real SQLite store
 
 
+@pytest.mark.slow  # fits and logs two models into a new MLflow store
 def test_log_run_into_a_sqlite_store_round_trips(isolated_mlflow, tmp_path):
     """One in-process log_run into <tmp>/mlruns: the params come back (parse_param_value) as they were
     given, the metrics, tags, artifacts and cluster classes as logged, and both models predict like

@@ -211,6 +211,7 @@ def test_scalable_solvers_above_the_threshold(data):
     assert adjusted_rand_score(exact.predict(np.asarray(features)), labels) > 0.5
 
 
+@pytest.mark.slow  # 780 real images through the data stages
 def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path, busi256):
     """The shipped defaults on the 780 BUSI images at 190x190 (honest protocol, 10 % test): forcing
     IncrementalPCA + MiniBatchKMeans changes train and test ARI by at most 0.01, and the exact

@@ -12,7 +12,6 @@ import typer
 from imgclust import config
 from imgclust.core import plots
 from imgclust.core.clustering import evaluate_model, one_thread
-from imgclust.core.extractors import ImageLoader, image_pipeline, make_extractor
 from imgclust.core.feature_store import load_features
 from imgclust.core.fsutil import write_csv, write_json
 from imgclust.core.metrics import cluster_class_mapping
@@ -146,6 +145,9 @@ def run(
     for report in reports:
         if report.is_file():
             summary["reports"][report.stem] = json.loads(report.read_text())
+    # imported here: scikit-learn costs seconds, which the CLI should not pay at import
+    from imgclust.core.extractors import ImageLoader, image_pipeline, make_extractor
+
     # decode new images exactly as the training images were: their size and mode come from the
     # features themselves, the resampling filter from the resize parameters
     height, width = meta["image_shape"][:2]

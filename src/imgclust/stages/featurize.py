@@ -9,7 +9,6 @@ import numpy as np
 import typer
 
 from imgclust import config
-from imgclust.core.extractors import make_extractor
 from imgclust.core.feature_store import METHOD_DTYPES, FeatureStoreWriter
 from imgclust.core.fsutil import atomic_dir, read_image_listing
 from imgclust.core.images import open_image
@@ -31,6 +30,9 @@ def featurize(
     """Write the feature store of the images listed in ``manifest_csv`` (rows in manifest order) to
     ``out_dir``; return its meta data. Features are written batch by batch, so memory stays bounded."""
     from tqdm import tqdm
+
+    # imported here: scikit-learn costs seconds, which the CLI and pool workers should not pay at import
+    from imgclust.core.extractors import make_extractor
 
     # fitting builds the CNN: missing weights fail here, before any image is read
     extractor = make_extractor(method, cnn_params).fit()
