@@ -48,3 +48,38 @@ def test_shell_text_in_the_weights_runs_nothing(tmp_path):
     assert failed.returncode != 0
     assert "weights file" in failed.stdout + failed.stderr
     assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_copy_names_that_exist_in_the_source_leave_the_dvc_cache_intact(tmp_path):
+    """n.png balanced with rot180 and flip_lr beside n__rot180.png and n__flip_lr.png of other
+    content: every object in the DVC cache still matches its md5, and the manifest lists each path once."""
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    source = tmp_path / "source"
+    layout = {
+        "normal": ["n.png", "n__rot180.png", "n__flip_lr.png"],
+        "benign": [f"b{i}.png" for i in range(12)],
+        "malignant": [f"m{i}.png" for i in range(8)],
+    }
+    for cls, names in layout.items():
+        (source / cls).mkdir(parents=True)
+        for name in names:
+            Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(source / cls / name)
+    root = make_project(
+        tmp_path / "project", data__source=str(source), resize__width=24, resize__height=24, split__test_size=0.25
+    )
+    sh("dvc", "repro", "augment", cwd=root)
+    paths = [line.split(",")[0] for line in (root / "data/manifests/augmented.csv").read_text().splitlines()[1:]]
+    assert len(paths) == len(set(paths))
+    objects = [p for p in (root / ".dvc" / "cache" / "files" / "md5").rglob("*") if p.is_file()]
+    assert objects
+    for obj in objects:
+        if obj.suffix == ".dir":
+            continue
+        assert hashlib.md5(obj.read_bytes()).hexdigest() == obj.parent.name + obj.name, obj
+    sh("dvc", "status", cwd=root)
+    assert "up to date" in sh("dvc", "status", "augment", cwd=root).stdout
