@@ -261,3 +261,16 @@ def raise_error(error_type: str, message: str):
     if not (isinstance(cls, type) and issubclass(cls, ImgclustError)):
         cls = errors.InputDataError
     raise cls(message)
+
+
+def predict(pipeline, items: Sequence[str], settings: RaySettings) -> Iterator[tuple[str, int | None, str | None]]:
+    """``(item, cluster, error)`` per item, in order, for an image-level ``pipeline`` (ImageLoader ->
+    extractor -> the fitted clustering steps, ``extractors.image_pipeline``): the actors decode the
+    images as its loader does and run its extractor; the clustering steps run here, block by block."""
+    loader, extractor, clustering = pipeline.named_steps["load"], pipeline.named_steps["features"], pipeline[2:]
+    items = [str(p) for p in items]
+    for idx, features, errors_ in extract(items, functools.partial(ready, extractor), loader.decode, settings):
+        good = [i for i, (_, message) in enumerate(errors_) if not message]
+        clusters = iter(clustering.predict(features[good]) if good else ())
+        for i, (_, message) in zip(idx, errors_):
+            yield (items[i], None, message) if message else (items[i], int(next(clusters)), None)
