@@ -114,8 +114,8 @@ def _featurize_ray(image_dir: Path, manifest_csv: Path, out_dir: Path, method: s
     from imgclust.core import ray_engine
     from imgclust.core.extractors import make_extractor
 
-    unfitted = make_extractor(method, cnn_params)  # checks the method; its parameters go into meta
     ray_engine.import_ray()  # a missing extra fails here, before any image is read
+    unfitted = make_extractor(method, cnn_params)  # checks the method; its parameters go into meta
     rows = read_image_listing(manifest_csv, image_dir, ("path", "class", "split", "source", "op"), "augment")
     first = _load_stored(image_dir / rows[0]["path"])
     paths = [image_dir / r["path"] for r in rows]
