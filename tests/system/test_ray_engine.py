@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +75,11 @@ def ray_cluster(tmp_path_factory):
     for pid in started:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    # `ray start` left its address for a later ray.init() to join: not ours to leave behind
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    with contextlib.suppress(OSError):
+        if address.split(":")[1] in current.read_text():
+            current.unlink()
 
 
 @pytest.fixture(scope="module")

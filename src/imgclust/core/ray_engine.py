@@ -72,7 +72,9 @@ def connect() -> bool:
         if address:
             ray.init(address=address, **options)
         else:
-            ray.init(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, **options)
+            # "local": a new Ray, never the last one `ray start` left on this machine (which
+            # ray.init() would join): without RAY_ADDRESS the engine runs here, alone
+            ray.init("local", object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False, **options)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = f"the Ray cluster at RAY_ADDRESS={address!r}" if address else "a local Ray"
         raise RayEngineError(
