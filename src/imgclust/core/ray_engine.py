@@ -33,6 +33,7 @@ S3_PREFIX = "s3://"
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 # environment variables the workers need as the driver has them (Keras finds its weights there)
 FORWARDED_ENV = ("KERAS_HOME", "TF_CPP_MIN_LOG_LEVEL")
+READ_TASKS = 2  # read tasks running at once
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,15 @@ def extract(
             [{"idx": i, "path": p} for i, p in enumerate(items)], override_num_blocks=-(-len(items) // batch)
         )
         remote = any(p.startswith(S3_PREFIX) for p in items)
+        # reading is I/O: no CPU reserved (the actors hold them), but a bounded number of tasks at a
+        # time, each a worker process, a block ahead of the actors
         read = source.map_batches(
-            _read_block, batch_format="numpy", batch_size=None, num_cpus=0, **({} if remote else _on_this_node(ray))
+            _read_block,
+            batch_format="numpy",
+            batch_size=None,
+            num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=READ_TASKS),
+            **({} if remote else _on_this_node(ray)),
         )
         with warnings.catch_warnings():
             # Ray 2.60 still takes the actors' max_restarts/max_task_retries (its own default
