@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from support.cli import imgclust_bin
 from support.data import run_data_stages
 from support.paths import BUSI_SAMPLE, KERAS_HOME
 from support.project import env, write_params
+from support.servers import free_port, server_process, tool
 
 pytest.importorskip("ray")
 if not (KERAS_HOME / "models" / "mobilenet_2_5_224_tf_no_top.h5").is_file():
@@ -37,24 +37,45 @@ CNN = {
     "batch_size": 32,
 }
 ACTOR = "MapWorker(MapBatches(_ExtractFeatures))"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+BUCKET = "imgclust-images"
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def s3(tmp_path_factory) -> dict:
+    """moto's S3 server on 127.0.0.1 with one bucket; the AWS variables that reach it (a cluster's
+    nodes get theirs where they are started, as the Ray head here does)."""
+    import boto3
+
+    port = free_port()
+    aws = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    moto = tool("moto_server")
+    args = [moto] if Path(moto).is_absolute() else [sys.executable, "-m", "moto.server"]
+    with server_process(
+        [*args, "-H", "127.0.0.1", "-p", str(port)], ready_url=f"{aws['AWS_ENDPOINT_URL']}/moto-api/", log=log
+    ):
+        boto3.client(
+            "s3", endpoint_url=aws["AWS_ENDPOINT_URL"], region_name="us-east-1",
+            aws_access_key_id="test", aws_secret_access_key="test",
+        ).create_bucket(Bucket=BUCKET)  # fmt: skip
+        yield aws
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory, s3):
     """A real one-node Ray cluster with 2 CPUs, started here and stopped by its process id."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("ray") / "head.log"
     head = subprocess.Popen(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
          "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--object-store-memory=300000000",
          "--node-ip-address=127.0.0.1"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env(RAY_AUTH_MODE="disabled"),
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env(RAY_AUTH_MODE="disabled", **s3),
     )  # fmt: skip
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -64,6 +85,8 @@ def ray_cluster(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_ADDRESS", address)
         patch.setenv("RAY_AUTH_MODE", "disabled")  # a private cluster on 127.0.0.1, of this test alone
+        for name, value in s3.items():
+            patch.setenv(name, value)
         yield {"address": address, "head": head}
     started = _descendants(head.pid)  # GCS, raylet, agents, workers: stopped by id, whatever happens
     head.send_signal(signal.SIGTERM)  # --block: stops the processes it started
@@ -186,9 +209,14 @@ def test_ray_featurize_equals_local_and_survives_a_killed_actor(ray_cluster, ima
     assert _ari(remote.astype(np.float64), labels) == _ari(local.astype(np.float64), labels)
 
 
-def test_ray_predict_equals_local_and_reports_a_corrupt_image(ray_cluster, images, local_store, tmp_path):
+def test_ray_predict_equals_local_from_files_and_s3_and_reports_a_corrupt_image(
+    ray_cluster, images, local_store, tmp_path
+):
     """The image-level pipeline's predictions with its loader and extractor run by Ray actors
-    (reached through RAY_ADDRESS) equal the pipeline's own; a corrupt file is an error row."""
+    (reached through RAY_ADDRESS) equal the pipeline's own, for local files (read on this node) and
+    for the same images under an s3:// prefix (read by the workers); a corrupt file is an error row."""
+    import boto3
+
     from imgclust.core import ray_engine
     from imgclust.core.clustering import fit_model
     from imgclust.core.cnn import KerasFeatureExtractor
@@ -208,11 +236,18 @@ def test_ray_predict_equals_local_and_reports_a_corrupt_image(ray_cluster, image
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     expected = [int(c) for c in pipeline.predict(paths)]
+    bucket = boto3.client("s3")  # the AWS variables of the s3 fixture
+    for i, path in enumerate(paths[:6]):
+        bucket.upload_file(path, BUCKET, f"new/{i:02d}_{Path(path).name}")
+    bucket.put_object(Bucket=BUCKET, Key="new/notes.txt", Body=b"not an image")
+    uris = ray_engine.list_s3_images(f"s3://{BUCKET}/new", lambda key: key.endswith(".png"))
+    assert len(uris) == 6
 
-    rows = list(
-        ray_engine.predict(pipeline, [*paths, str(corrupt)], ray_engine.RaySettings(num_actors=2, batch_size=8))
-    )
+    items = [*paths, str(corrupt), *uris]
+    rows = list(ray_engine.predict(pipeline, items, ray_engine.RaySettings(num_actors=1, batch_size=8)))
 
-    assert [r[0] for r in rows] == [*paths, str(corrupt)]
-    assert [r[1] for r in rows[:-1]] == expected and all(r[2] is None for r in rows[:-1])
-    assert rows[-1][1] is None and "cannot decode image" in rows[-1][2] and str(corrupt) in rows[-1][2]
+    assert [r[0] for r in rows] == items
+    assert [r[1] for r in rows[: len(paths)]] == expected and all(r[2] is None for r in rows[: len(paths)])
+    failed = rows[len(paths)]
+    assert failed[1] is None and "cannot decode image" in failed[2] and str(corrupt) in failed[2]
+    assert [r[1] for r in rows[len(paths) + 1 :]] == expected[:6]

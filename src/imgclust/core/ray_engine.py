@@ -67,8 +67,7 @@ def connect() -> bool:
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS") or None
-    env = {"TF_CPP_MIN_LOG_LEVEL": "2"} | {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
-    options = dict(logging_level=logging.WARNING, runtime_env={"env_vars": env})
+    options = dict(logging_level=logging.WARNING, runtime_env={"env_vars": _forwarded_env()})
     try:
         if address:
             ray.init(address=address, **options)
@@ -85,6 +84,17 @@ def connect() -> bool:
         ) from exc
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-run INFO lines, on the stage's output
     return True
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {"TF_CPP_MIN_LOG_LEVEL": "2"} | {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+
+
+def _actor_env(settings: RaySettings) -> dict[str, str]:
+    """An actor's environment: TensorFlow's and BLAS's thread pools sized to the actor's CPUs (by
+    default each takes every core of the node, and actors sharing a node would oversubscribe it)."""
+    threads = str(max(1, round(settings.num_cpus)))
+    return _forwarded_env() | {"TF_NUM_INTRAOP_THREADS": threads, "OMP_NUM_THREADS": threads}
 
 
 def ready(obj):
@@ -239,6 +249,7 @@ def extract(
                 compute=ray.data.ActorPoolStrategy(size=settings.num_actors),
                 num_cpus=settings.num_cpus,
                 num_gpus=settings.num_gpus or None,
+                runtime_env={"env_vars": _actor_env(settings)},
                 max_restarts=settings.max_retries,
                 max_task_retries=settings.max_retries,
             )
