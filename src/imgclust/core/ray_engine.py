@@ -222,6 +222,8 @@ def extract(
         context.enable_progress_bars = False  # the caller shows its own
         context.print_on_execution_start = False
         batch = settings.batch_size
+        # Ray's advice for inputs of fewer blocks than actors; a small input is simply small
+        warnings.filterwarnings("ignore", message=r".*operator only received \d+ input", category=UserWarning)
         # one block per actor call: the driver's memory is bounded by a few blocks in flight
         source = ray.data.from_items(
             [{"idx": i, "path": p} for i, p in enumerate(items)], override_num_blocks=-(-len(items) // batch)
