@@ -86,3 +86,14 @@ def test_without_ray_the_ray_engine_names_the_extra_and_writes_nothing(monkeypat
             ray_settings=RaySettings(),
         )
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_an_s3_argument_of_predict_stays_a_uri_and_a_path_stays_a_path():
+    from pathlib import Path
+
+    from imgclust.tools.predict import _excluded, from_argument
+
+    assert from_argument(Path("s3://bucket/new images/")) == "s3://bucket/new images"
+    assert from_argument(Path("folder/s3:/x")) == Path("folder/s3:/x")
+    assert from_argument(Path("images")) == Path("images")
+    assert _excluded("s3://bucket/a/x_mask.png", ["*_mask*"]) and not _excluded("s3://bucket/a_mask/x.png", ["*_mask*"])
