@@ -23,6 +23,7 @@ from imgclust.core.feature_store import METHODS
 from imgclust.core.images import COLOR_MODES, MAX_IMAGE_SIDE, OPS, RESAMPLE_FILTERS
 from imgclust.core.phantoms import MIN_IMAGES
 from imgclust.core.protocols import PROTOCOLS
+from imgclust.core.ray_engine import ENGINES
 from imgclust.errors import ParamError, did_you_mean
 
 PARAMS_FILE = Path("params.yaml")
@@ -148,10 +149,22 @@ class CnnParams(_Section):
     batch_size: PositiveInt
 
 
+class RayParams(_Section):
+    """featurize.ray.*: the actor pool of featurize.engine: ray (docs/ray.md)."""
+
+    num_actors: PositiveInt
+    num_cpus: Annotated[float, Field(gt=0)]  # per actor
+    num_gpus: Annotated[float, Field(ge=0)]  # per actor
+    batch_size: PositiveInt
+    max_retries: Annotated[int, Field(ge=0, le=100)]
+
+
 class FeaturizeParams(_Section):
     method: _one_of(*METHODS)
     batch_size: PositiveInt
     cnn: CnnParams
+    engine: _one_of(*ENGINES)
+    ray: RayParams
 
 
 class PcaParams(_Section):

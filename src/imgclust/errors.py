@@ -67,3 +67,7 @@ class TrackingError(ImgclustError):
 
 class OutputWriteError(ImgclustError):
     """An output file could not be written: the disk (or quota) is full, or the write failed."""
+
+
+class RayEngineError(ImgclustError):
+    """The Ray engine could not reach its cluster, or the Ray run failed (after Ray's own retries)."""

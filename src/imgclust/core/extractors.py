@@ -51,6 +51,11 @@ class ImageLoader(BaseEstimator, TransformerMixin):
     def transform(self, X: Sequence) -> list[np.ndarray]:
         return [self._one(item) for item in X]
 
+    def decode(self, name: str, data: bytes) -> np.ndarray:
+        """The file ``name``'s bytes ``data`` (read elsewhere, e.g. sent to a Ray worker) decoded as
+        ``transform`` decodes that file."""
+        return load_array(Path(name), self.color_mode, (self.width, self.height), self.resample, data=data)
+
 
 class PixelFeatures(BaseEstimator, TransformerMixin):
     """Equal-size uint8 images -> flattened uint8 rows (scaled to [0, 1] later, when used)."""

@@ -153,8 +153,12 @@ def check_png_rows(data: bytes) -> None:
         )
 
 
-def open_image(path: Path, color_mode: str | None = None, draft_size: tuple[int, int] | None = None) -> Image.Image:
+def open_image(
+    path: Path, color_mode: str | None = None, draft_size: tuple[int, int] | None = None, *, data: bytes | None = None
+) -> Image.Image:
     """Fully decode ``path`` with EXIF orientation applied; raise CorruptImageError naming it.
+    With ``data``, decode these bytes (``path``'s content, read elsewhere: a Ray worker gets the
+    bytes, not the file) exactly as the file would be; ``path`` then only names them in messages.
 
     With ``draft_size``, a JPEG is decoded by DCT scaling straight to the smallest power-of-two
     reduction still at least twice that size (either orientation), much faster than a full
@@ -163,13 +167,13 @@ def open_image(path: Path, color_mode: str | None = None, draft_size: tuple[int,
     its last row is refused (see ``check_png_rows``).
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             if draft_size is not None and image.format == "JPEG":
                 side = 2 * max(draft_size)
                 image.draft(image.mode, (side, side))
             image.load()
             if image.format == "PNG":
-                check_png_rows(Path(path).read_bytes())
+                check_png_rows(Path(path).read_bytes() if data is None else data)
             image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise CorruptImageError(f"{path}: cannot decode image ({exc})", [str(path)]) from exc
@@ -217,11 +221,11 @@ def check_image(path: Path, data: bytes) -> tuple[int, int, str]:
 
 
 def load_array(
-    path: Path, color_mode: str, size: tuple[int, int] | None = None, resample: str = "lanczos"
+    path: Path, color_mode: str, size: tuple[int, int] | None = None, resample: str = "lanczos", *, data=None
 ) -> np.ndarray:
-    """Decode ``path`` to a uint8 array (H, W) for gray or (H, W, 3) for rgb, optionally resized
-    to ``size`` = (width, height)."""
-    image = open_image(path, color_mode, draft_size=size)
+    """Decode ``path`` (or its bytes ``data``, see ``open_image``) to a uint8 array (H, W) for gray
+    or (H, W, 3) for rgb, optionally resized to ``size`` = (width, height)."""
+    image = open_image(path, color_mode, draft_size=size, data=data)
     if size is not None and image.size != tuple(size):
         image = image.resize(tuple(size), resample_filter(resample))
     return np.asarray(image, dtype=np.uint8)

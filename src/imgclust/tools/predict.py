@@ -31,8 +31,6 @@ def collect_images(inputs: list[Path], exclude: list[str]) -> list[Path]:
     Entries are listed, never opened: one that is not a regular file (a FIFO, socket or device
     named like an image) is kept, for ``predict`` to report instead of reading it.
     """
-    import fnmatch
-
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
@@ -41,7 +39,14 @@ def collect_images(inputs: list[Path], exclude: list[str]) -> list[Path]:
             files.append(item)
         else:
             raise InputDataError(f"{item}: no such file or folder.")
-    return [p for p in files if not any(fnmatch.fnmatchcase(p.name.lower(), pat.lower()) for pat in exclude)]
+    return [p for p in files if not _excluded(p, exclude)]
+
+
+def _excluded(path, exclude: list[str]) -> bool:
+    import fnmatch
+
+    name = str(path).rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatchcase(name, pat.lower()) for pat in exclude)
 
 
 def _is_folder(path: Path) -> bool:
@@ -81,6 +86,41 @@ def check_model_uri(model_uri: str, trust: bool = False) -> None:
         "any code. Use models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/image_model (resolved against "
         "the project's store, or MLFLOW_TRACKING_URI), or pass --trust if you trust whoever wrote that model."
     )
+
+
+class Engine(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+def from_argument(item: Path) -> Path | str:
+    """A command-line input as given: an ``s3://`` URI (which Path turned into ``s3:/``) stays a string."""
+    text = str(item)
+    return f"s3://{text[len('s3:/') :]}" if text.startswith("s3:/") and not text.startswith("s3://") else item
+
+
+def predict_on_ray(model_uri: str, images: list, settings, *, trust: bool = False) -> list[dict]:
+    """``predict`` with the model's loader and extractor run by Ray actors (``core.ray_engine``):
+    local files are read on this machine and streamed to them; ``s3://`` objects are read by them."""
+    from imgclust.core import ray_engine
+
+    check_model_uri(model_uri, trust)
+    ray_engine.import_ray()
+    model = store.load_model(model_uri)
+    classes = store.cluster_classes(store.model_run_id(model_uri))
+    rows: dict[str, dict] = {}
+    readable = []
+    for item in images:
+        reason = None if str(item).startswith(ray_engine.S3_PREFIX) else not_a_regular_file(Path(item))
+        if reason:
+            rows[str(item)] = {"path": str(item), "cluster": None, "cluster_class": None, "error": reason}
+        else:
+            readable.append(str(item))
+    pipeline = model.unwrap_python_model().pipeline
+    for item, cluster, error in ray_engine.predict(pipeline, readable, settings):
+        cluster_class = None if cluster is None else classes.get(cluster)
+        rows[item] = {"path": item, "cluster": cluster, "cluster_class": cluster_class, "error": error}
+    return [rows[str(item)] for item in images]
 
 
 def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: bool = False) -> list[dict]:
@@ -139,13 +179,33 @@ def command(
         help="Load --model from a folder, file or other location: "
         "loading unpickles its code, so only for a model you trust.",
     ),
+    engine: Engine = typer.Option(
+        Engine.local, help="local, or ray: the CNN runs on Ray actors (RAY_ADDRESS's cluster, or a local Ray)."
+    ),
+    actors: int = typer.Option(2, min=1, help="--engine ray: number of actors."),
+    gpus_per_actor: float = typer.Option(0.0, min=0.0, help="--engine ray: GPUs per actor."),
 ) -> None:
     check_model_uri(model, trust)
     store.configure()
-    files = collect_images(images, exclude)
+    inputs = [from_argument(item) for item in images]
+    remote = [str(item) for item in inputs if isinstance(item, str)]
+    if remote and engine is not Engine.ray:
+        raise ParamError(f"{remote[0]}: s3:// inputs are read by Ray workers; add --engine ray.")
+    files = collect_images([item for item in inputs if isinstance(item, Path)], exclude)
+    if remote:
+        from imgclust.core.ray_engine import list_s3_images
+
+        for uri in remote:
+            files += [u for u in list_s3_images(uri, lambda key: is_image_file(Path(key))) if not _excluded(u, exclude)]
     if not files:
         raise InputDataError(f"no image file in {', '.join(map(str, images))}.")
-    rows = predict(model, files, batch_size, trust=trust)
+    if engine is Engine.ray:
+        from imgclust.core.ray_engine import RaySettings
+
+        settings = RaySettings(num_actors=actors, num_gpus=gpus_per_actor, batch_size=batch_size)
+        rows = predict_on_ray(model, files, settings, trust=trust)
+    else:
+        rows = predict(model, files, batch_size, trust=trust)
     fmt = fmt or (Format.json if output.suffix.lower() == ".json" else Format.csv)
     if fmt is Format.json:
         write_json(output, rows)
