@@ -67,6 +67,50 @@ def _input_size(backbone: str, input_size) -> tuple[int, int]:
     return size
 
 
+GEM_P = 3.0  # generalised-mean exponent: the usual choice for retrieval (Radenovic et al. 2018)
+
+
+def pool_maps(maps: np.ndarray, pooling: str | None) -> np.ndarray:
+    """(n, h, w, c) activations -> (n, c) rows: ``avg``, ``max`` or ``gem`` (generalised mean with
+    exponent GEM_P: between average and max pooling), in float32; None: the maps flattened."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if pooling is None:
+        return maps.reshape(len(maps), -1)
+    if pooling == "avg":
+        return maps.mean(axis=(1, 2))
+    if pooling == "max":
+        return maps.max(axis=(1, 2))
+    if pooling == "gem":
+        clipped = np.clip(maps.astype(np.float64), 1e-6, None)  # post-ReLU maps; clip keeps the root real
+        return (np.mean(clipped**GEM_P, axis=(1, 2)) ** (1.0 / GEM_P)).astype(np.float32)
+    raise ParamError(f"featurize.cnn.pooling must be one of {', '.join(map(str, POOLINGS))}, got {pooling!r}")
+
+
+def normalise(features: np.ndarray, power: float = 1.0, l2: bool = False) -> np.ndarray:
+    """Power normalisation (``sign(x) |x|^power``; 0.5 is the square root, which damps bursty
+    channels) then, with ``l2``, each row scaled to unit length (cosine geometry for k-means)."""
+    out = np.asarray(features, dtype=np.float32)
+    if power != 1.0:
+        out = np.sign(out) * np.abs(out) ** np.float32(power)
+    if l2:
+        norms = np.linalg.norm(out.astype(np.float64), axis=1, keepdims=True)
+        out = (out / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
+
+
+def _check_post(power, l2, flip) -> None:
+    if isinstance(power, bool) or not isinstance(power, Real) or not 0 < float(power) <= 1:
+        raise ParamError(f"featurize.cnn.power must be a number in (0, 1] (1: none, 0.5: square root), got {power!r}")
+    for name, value in (("l2", l2), ("flip", flip)):
+        if not isinstance(value, bool):
+            raise ParamError(f"featurize.cnn.{name} must be true or false, got {value!r}")
+
+
+def _keras_pooling(pooling):
+    """The pooling Keras applies itself; gem needs the unpooled maps."""
+    return None if pooling == "gem" else pooling
+
+
 def _check_params(backbone, weights, alpha, input_size, pooling="avg", batch_size=1):
     check_backbone(backbone)
     kind, path = _weights_kind(weights)
@@ -74,7 +118,7 @@ def _check_params(backbone, weights, alpha, input_size, pooling="avg", batch_siz
         raise ParamError(f"featurize.cnn.alpha must be a number > 0, got {alpha!r}")
     size = _input_size(backbone, input_size)
     if pooling not in POOLINGS:
-        raise ParamError(f"featurize.cnn.pooling must be 'avg', 'max' or None, got {pooling!r}")
+        raise ParamError(f"featurize.cnn.pooling must be 'avg', 'max', 'gem' or None, got {pooling!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
         raise ParamError(f"featurize.cnn.batch_size must be an int >= 1, got {batch_size!r}")
     return kind, path, size
@@ -146,6 +190,7 @@ def build_backbone(
 ):
     """The headless Keras model; ParamError / WeightsUnavailableError with a fix in the message."""
     kind, path, size = _check_params(backbone, weights, alpha, input_size, pooling)
+    pooling = _keras_pooling(pooling)
     if kind == "path" and not path.is_file():
         raise WeightsUnavailableError(
             f"weights file {path} for {backbone_label(backbone, alpha)} not found; set featurize.cnn.weights "
@@ -270,6 +315,11 @@ def _rgb_float(images: np.ndarray, gray: bool) -> np.ndarray:
 class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
     """Global-pooled activations of a headless ``keras.applications`` backbone, as float32 rows.
 
+    Post-processing, part of the extractor so that the image-level model and ``predict`` apply it
+    too: ``pooling`` avg | max | gem; ``flip``: the mean of the image's and its mirror image's
+    pooled features (test-time augmentation); then ``power`` (signed power, 0.5 = square root) and
+    ``l2`` (unit rows). The defaults (avg, 1.0, False, False) are the plain pooled activations.
+
     ``fit`` builds the model (and fails early, with the fix in the message, when ImageNet weights are
     missing); ``transform`` takes uint8 gray or RGB images of any size, resizes them bilinearly to the
     backbone's input size, applies the backbone's own ``preprocess_input`` and runs the model in
@@ -286,6 +336,9 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         pooling="avg",
         batch_size=32,
         progress=False,
+        power=1.0,
+        l2=False,
+        flip=False,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -294,9 +347,13 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         self.pooling = pooling
         self.batch_size = batch_size
         self.progress = progress
+        self.power = power
+        self.l2 = l2
+        self.flip = flip
 
     def fit(self, X=None, y=None):
         _check_params(self.backbone, self.weights, self.alpha, self.input_size, self.pooling, self.batch_size)
+        _check_post(self.power, self.l2, self.flip)
         model = build_backbone(self.backbone, self.weights, self.alpha, self.input_size, self.pooling)
         self._set_model(model)
         return self
@@ -304,10 +361,15 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
     def _set_model(self, model) -> None:
         self.model_ = model
         self.input_size_ = tuple(int(v) for v in model.input_shape[1:3])
-        self.n_features_out_ = int(np.prod(model.output_shape[1:]))
+        shape = model.output_shape[1:]
+        self.n_features_out_ = int(shape[-1] if self.pooling == "gem" else np.prod(shape))
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "input_size_")
+
+    def __setstate__(self, state):
+        # models pickled before the post-processing parameters existed transform as they did
+        super().__setstate__({"power": 1.0, "l2": False, "flip": False, **state})
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -353,11 +415,20 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
             for start in range(0, n, step):
                 stop = min(start + step, n)
                 batch = self._prepare(images[start:stop], size, keras)
-                # predict_on_batch runs a compiled graph: about 3x the eager model(batch) on CPU
-                features = model.predict_on_batch(preprocess(batch))
-                out[start:stop] = np.asarray(keras.ops.convert_to_numpy(features)).reshape(stop - start, -1)
+                features = self._pooled(model, preprocess(batch), keras)
+                if self.flip:  # preprocess_input may work in place: mirror a fresh copy
+                    mirrored = self._prepare(images[start:stop], size, keras)[:, :, ::-1]
+                    features = (features + self._pooled(model, preprocess(np.ascontiguousarray(mirrored)), keras)) / 2
+                out[start:stop] = normalise(features, self.power, self.l2)
                 bar.update(stop - start)
         return out
+
+    def _pooled(self, model, batch: np.ndarray, keras) -> np.ndarray:
+        # predict_on_batch runs a compiled graph: about 3x the eager model(batch) on CPU
+        features = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)))
+        if self.pooling == "gem":
+            return pool_maps(features, "gem")
+        return features.reshape(len(batch), -1)
 
     @staticmethod
     def _prepare(images, size: tuple[int, int], keras) -> np.ndarray:
