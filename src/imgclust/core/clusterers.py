@@ -49,6 +49,11 @@ class CentroidClusterer(ClusterMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         X = np.asarray(X, dtype=np.float64)
+        if self.method == "hdbscan":
+            for key in ("min_cluster_size", "min_samples"):
+                value = getattr(self, key)
+                if value is not None and value > len(X):
+                    raise ParamError(f"train.hdbscan.{key}={value} exceeds the {len(X)} train rows; lower it.")
         raw = self._estimator(len(X)).fit_predict(X)
         found = np.unique(raw[raw >= 0])
         if found.size == 0:
