@@ -176,3 +176,63 @@ def test_metrics_over_all_originals():
     assert result["metrics"][ORIGINALS]["ari"] == 1.0
     assert np.array_equal(result["rows"][ORIGINALS], np.arange(36) < 18)
     assert metric_warnings(result) == []
+
+
+def test_evaluate_writes_the_chosen_k_and_all_originals(tmp_path):
+    """The evaluate stage on a model with n_clusters: auto: metrics.json holds train, test,
+    originals and auto_k (the chosen k and the silhouette per k)."""
+    import json
+
+    import joblib
+
+    from imgclust.core.feature_store import FeatureStoreWriter
+    from imgclust.core.images import save_new_png
+    from imgclust.stages import evaluate
+
+    points, truth = blobs(6)
+    rows = []
+    for i, (point, cls) in enumerate(zip(points, truth)):
+        rows.append({"file": f"c{cls}/{i}.png", "class": f"c{cls}", "split": "test" if i % 3 == 0 else "train"})
+        rows[-1].update(source=rows[-1]["file"], op="none")
+        (tmp_path / "images" / f"c{cls}").mkdir(parents=True, exist_ok=True)
+        save_new_png(np.full((4, 4), 40 * cls, np.uint8), tmp_path / "images" / rows[-1]["file"])
+    (tmp_path / "features").mkdir()
+    store = FeatureStoreWriter(tmp_path / "features", len(rows), 2, np.float32)
+    store.append(points.astype(np.float32))
+    store.close(rows, {"method": "cnn", "n_samples": len(rows), "n_features": 2})
+    is_train = np.array([r["split"] == "train" for r in rows])
+    model = fit_model(
+        points.astype(np.float32),
+        is_train,
+        method="cnn",
+        pca={"n_components": 0},
+        kmeans=kmeans("auto"),
+        scalable={"threshold": 0, "batch_size": 4},
+        pca_on_all=False,
+        auto_k={"k_min": 2, "k_max": 4},
+    )
+    joblib.dump(model, tmp_path / "model.joblib")
+    params = config.validate({**SHIPPED, "evaluate": {"thumbnails": 1}})
+    out = tmp_path / "evaluation"
+    evaluate.run(
+        tmp_path / "features",
+        tmp_path / "model.joblib",
+        tmp_path / "images",
+        out / "metrics.json",
+        out / "plots",
+        out / "predictions.csv",
+        out / "run.json",
+        [],
+        params,
+        mlflow_log=False,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"train", "test", ORIGINALS, "auto_k"}
+    assert metrics[ORIGINALS]["n_samples"] == 18 and metrics[ORIGINALS]["ari"] == 1.0
+    assert metrics["auto_k"]["k"] == 3 and set(metrics["auto_k"]) == {
+        "k",
+        "silhouette_k2",
+        "silhouette_k3",
+        "silhouette_k4",
+    }
+    assert metrics["auto_k"]["silhouette_k3"] == max(v for k, v in metrics["auto_k"].items() if k != "k")
