@@ -54,6 +54,8 @@ CNN_VARIANTS = {
     "cnn GeM + flip + L2": ("gem", 1.0, True, True),
     "cnn GeM + flip + sqrt + L2": ("gem", 0.5, True, True),
 }
+# the default post-processing with the pooled maps of one more layer (featurize.cnn.layers)
+MULTI_LAYER = {"cnn GeM + flip + sqrt + L2 + conv_pw_11": ("gem", 0.5, True, True, ["conv_pw_11_relu"])}
 CLUSTERERS = ("kmeans", "ward", "spectral", "gmm", "hdbscan")
 
 
@@ -106,6 +108,20 @@ def cnn_maps(images: list[np.ndarray], cache: Path, name: str) -> tuple[np.ndarr
     print(f"# {name}: CNN maps of {len(images)} images x 2 in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     np.savez(file, maps=maps, flipped=flipped)
     return maps, flipped
+
+
+def extracted(images: list[np.ndarray], cache: Path, dataset: str, name: str, variant: tuple) -> np.ndarray:
+    """KerasFeatureExtractor's own features for ``variant`` (no cached-maps shortcut), cached."""
+    from imgclust.core.cnn import KerasFeatureExtractor
+
+    file = cache / f"{dataset}-{name.replace(' ', '_').replace('+', 'p')}.npy"
+    if file.is_file():
+        return np.load(file)
+    pooling, power, l2, flip, layers = variant
+    extractor = KerasFeatureExtractor(**CNN, pooling=pooling, power=power, l2=l2, flip=flip, layers=layers).fit()
+    features = extractor.transform(images)
+    np.save(file, features)
+    return features
 
 
 def post_process(maps, flipped, pooling, power, l2, flip) -> np.ndarray:
@@ -189,6 +205,9 @@ def main() -> None:
             check_against_extractor(images, maps, flipped)
             for name, variant in CNN_VARIANTS.items():
                 rows[name] = ("cnn", post_process(maps, flipped, *variant))
+            for name, variant in MULTI_LAYER.items():
+                if not args.features or name in args.features:
+                    rows[name] = ("cnn", extracted(images, args.cache, dataset, name, variant))
         for name, (method, features) in rows.items():
             if args.features and name not in args.features:
                 continue

@@ -149,6 +149,7 @@ class CnnParams(_Section):
     power: Annotated[float, Field(gt=0, le=1)]  # signed power normalisation (1: none, 0.5: square root)
     l2: bool  # rows scaled to unit length
     flip: bool  # mean of the image's and its mirror image's features
+    layers: list[Annotated[str, Field(min_length=1)]]  # further layers whose pooled maps are appended
 
 
 class FeaturizeParams(_Section):

@@ -191,7 +191,7 @@ def test_evaluate_writes_the_chosen_k_and_all_originals(tmp_path):
 
     points, truth = blobs(6)
     rows = []
-    for i, (point, cls) in enumerate(zip(points, truth)):
+    for i, cls in enumerate(truth):
         rows.append({"file": f"c{cls}/{i}.png", "class": f"c{cls}", "split": "test" if i % 3 == 0 else "train"})
         rows[-1].update(source=rows[-1]["file"], op="none")
         (tmp_path / "images" / f"c{cls}").mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from imgclust import config
-from imgclust.core.cnn import KerasFeatureExtractor, normalise, pool_maps
+from imgclust.core.cnn import KerasFeatureExtractor, combine, normalise, pool_maps
 from imgclust.errors import ParamError
 from support.paths import REPO
 
@@ -62,6 +62,24 @@ def test_extractor_applies_gem_flip_power_and_l2():
     np.testing.assert_array_equal(old.transform(images()), base)
 
 
+def test_combine_weighs_blocks_equally():
+    small, large = np.array([[3.0, 4.0]]), np.array([[0.0, 100.0, 0.0]])
+    assert np.array_equal(combine([small]), small.astype(np.float32))
+    joined = combine([small, large], l2=True)
+    assert np.allclose(joined, [[0.6, 0.8, 0, 1, 0]] / np.sqrt(2)) and np.isclose(np.linalg.norm(joined), 1)
+
+
+def test_extra_layers_are_pooled_and_appended():
+    ext = KerasFeatureExtractor(alpha=0.25, weights=None, input_size=32, layers=["conv_pw_11_relu"]).fit()
+    features = ext.transform(images(2))
+    assert features.shape == (2, 128 + 256) == (2, ext.n_features_out_)  # conv_pw_11 then the last layer
+    assert [s[-1] for s in ext.model_.output_shape] == [128, 256]
+    with pytest.raises(ParamError, match=r"no layer 'conv_pw_11_rel'.*Did you mean 'conv_pw_11_relu'"):
+        KerasFeatureExtractor(alpha=0.25, weights=None, input_size=32, layers=["conv_pw_11_rel"]).fit()
+    with pytest.raises(ParamError, match="featurize.cnn.layers needs a pooling"):
+        KerasFeatureExtractor(weights=None, pooling=None, layers=["conv_pw_11_relu"]).fit()
+
+
 @pytest.mark.parametrize(
     "params, match", [({"power": 0}, "power"), ({"power": 1.5}, "power"), ({"l2": "yes"}, "l2"), ({"flip": 1}, "flip")]
 )
@@ -72,7 +90,7 @@ def test_bad_post_processing_is_refused_at_fit(params, match):
 
 def test_params_yaml_keys():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["featurize"]["cnn"].update(pooling="gem", power=0.5, l2=True, flip=True)
+    params["featurize"]["cnn"].update(pooling="gem", power=0.5, l2=True, flip=True, layers=["conv_pw_11_relu"])
     assert config.validate(params).featurize.cnn.pooling == "gem"
     params["featurize"]["cnn"].update(power=0, pooling="geom")
     with pytest.raises(ParamError) as info:

@@ -24,7 +24,7 @@ from imgclust.core.backbones import (
     backbone_label,
     check_backbone,
 )
-from imgclust.errors import InputDataError, ParamError, WeightsUnavailableError
+from imgclust.errors import InputDataError, ParamError, WeightsUnavailableError, did_you_mean
 
 _URL_RE = re.compile(r"(https?://\S+?)(?::\s|\s|$)")
 
@@ -96,6 +96,15 @@ def normalise(features: np.ndarray, power: float = 1.0, l2: bool = False) -> np.
         norms = np.linalg.norm(out.astype(np.float64), axis=1, keepdims=True)
         out = (out / np.maximum(norms, 1e-12)).astype(np.float32)
     return out
+
+
+def combine(blocks: list[np.ndarray], power: float = 1.0, l2: bool = False) -> np.ndarray:
+    """Pooled blocks (one per layer) normalised each (``normalise``) and side by side; with ``l2``
+    every block has the same weight and the whole row unit length."""
+    if len(blocks) == 1:
+        return normalise(blocks[0], power, l2)
+    joined = np.concatenate([normalise(block, power, l2) for block in blocks], axis=1)
+    return (joined / np.sqrt(len(blocks))).astype(np.float32) if l2 else joined
 
 
 def _check_post(power, l2, flip) -> None:
@@ -339,6 +348,7 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         power=1.0,
         l2=False,
         flip=False,
+        layers=(),
     ):
         self.backbone = backbone
         self.weights = weights
@@ -350,26 +360,48 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         self.power = power
         self.l2 = l2
         self.flip = flip
+        self.layers = layers
 
     def fit(self, X=None, y=None):
         _check_params(self.backbone, self.weights, self.alpha, self.input_size, self.pooling, self.batch_size)
         _check_post(self.power, self.l2, self.flip)
-        model = build_backbone(self.backbone, self.weights, self.alpha, self.input_size, self.pooling)
-        self._set_model(model)
+        if self.layers and self.pooling is None:
+            raise ParamError("featurize.cnn.layers needs a pooling (avg, max or gem) to pool each layer's maps.")
+        self._set_model(self._build())
         return self
+
+    def _build(self):
+        """The backbone; with ``layers``, a model whose outputs are those layers' maps and then the
+        backbone's own output."""
+        model = build_backbone(self.backbone, self.weights, self.alpha, self.input_size, self.pooling)
+        if not self.layers:
+            return model
+        import keras
+
+        named = [layer.name for layer in model.layers[1:] if len(layer.output.shape) == 4]
+        outputs = []
+        for name in self.layers:
+            if name not in named:
+                raise ParamError(
+                    f"featurize.cnn.layers: {backbone_label(self.backbone, self.alpha)} has no layer {name!r} with "
+                    f"feature maps.{did_you_mean(name, named)} Its last ones: {', '.join(named[-6:])}."
+                )
+            outputs.append(model.get_layer(name).output)
+        return keras.Model(inputs=model.input, outputs=[*outputs, model.output])
 
     def _set_model(self, model) -> None:
         self.model_ = model
         self.input_size_ = tuple(int(v) for v in model.input_shape[1:3])
-        shape = model.output_shape[1:]
-        self.n_features_out_ = int(shape[-1] if self.pooling == "gem" else np.prod(shape))
+        shapes = model.output_shape if self.layers else [model.output_shape]
+        # a 4-d output is pooled here (gem, or any extra layer): one value per channel
+        self.n_features_out_ = int(sum(s[-1] if len(s) == 4 and self.pooling else np.prod(s[1:]) for s in shapes))
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "input_size_")
 
     def __setstate__(self, state):
         # models pickled before the post-processing parameters existed transform as they did
-        super().__setstate__({"power": 1.0, "l2": False, "flip": False, **state})
+        super().__setstate__({"power": 1.0, "l2": False, "flip": False, "layers": (), **state})
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -380,7 +412,7 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _ensure_model(self):
         if getattr(self, "model_", None) is None:
-            model = build_backbone(self.backbone, self.weights, self.alpha, self.input_size, self.pooling)
+            model = self._build()
             init = self.__dict__.get("_init_weights")
             if init is not None:
                 model.set_weights(init)
@@ -415,20 +447,25 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
             for start in range(0, n, step):
                 stop = min(start + step, n)
                 batch = self._prepare(images[start:stop], size, keras)
-                features = self._pooled(model, preprocess(batch), keras)
+                blocks = self._pooled(model, preprocess(batch), keras)
                 if self.flip:  # preprocess_input may work in place: mirror a fresh copy
                     mirrored = self._prepare(images[start:stop], size, keras)[:, :, ::-1]
-                    features = (features + self._pooled(model, preprocess(np.ascontiguousarray(mirrored)), keras)) / 2
-                out[start:stop] = normalise(features, self.power, self.l2)
+                    flipped = self._pooled(model, preprocess(np.ascontiguousarray(mirrored)), keras)
+                    blocks = [(a + b) / 2 for a, b in zip(blocks, flipped)]
+                out[start:stop] = combine(blocks, self.power, self.l2)
                 bar.update(stop - start)
         return out
 
-    def _pooled(self, model, batch: np.ndarray, keras) -> np.ndarray:
+    def _pooled(self, model, batch: np.ndarray, keras) -> list[np.ndarray]:
+        """One pooled block per model output (the extra layers', then the backbone's)."""
         # predict_on_batch runs a compiled graph: about 3x the eager model(batch) on CPU
-        features = np.asarray(keras.ops.convert_to_numpy(model.predict_on_batch(batch)))
-        if self.pooling == "gem":
-            return pool_maps(features, "gem")
-        return features.reshape(len(batch), -1)
+        outputs = model.predict_on_batch(batch)
+        blocks = []
+        for output in outputs if self.layers else [outputs]:
+            array = np.asarray(keras.ops.convert_to_numpy(output))
+            pooled = array.ndim == 4 and (self.pooling == "gem" or self.layers)
+            blocks.append(pool_maps(array, self.pooling) if pooled else array.reshape(len(batch), -1))
+        return blocks
 
     @staticmethod
     def _prepare(images, size: tuple[int, int], keras) -> np.ndarray:
