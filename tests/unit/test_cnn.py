@@ -120,6 +120,7 @@ def test_init_only_stores_params():
         "power": 1.0,
         "l2": False,
         "flip": False,
+        "layers": (),
     }
     assert not hasattr(ext, "model_")
 
