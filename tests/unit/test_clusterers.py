@@ -239,3 +239,32 @@ def test_evaluate_writes_the_chosen_k_and_all_originals(tmp_path):
         "silhouette_k4",
     }
     assert metrics["auto_k"]["silhouette_k3"] == max(v for k, v in metrics["auto_k"].items() if k != "k")
+
+
+@pytest.mark.parametrize("name", ["ward", "gmm"])
+def test_the_image_level_model_assigns_new_images_like_the_feature_model(name, tmp_path):
+    """ImageLoader -> PixelFeatures -> scale -> PCA -> clusterer, as evaluate logs it and predict
+    loads it (joblib): new images get the clusters the feature-level model gives their pixels."""
+    import joblib
+
+    from imgclust.core.extractors import ImageLoader, PixelFeatures, image_pipeline
+
+    rng = np.random.default_rng(0)
+    levels = np.repeat([30, 130, 230], 8)
+    images = [np.clip(level + rng.normal(scale=10, size=(6, 6)), 0, 255).astype(np.uint8) for level in levels]
+    features = PixelFeatures().transform(images)
+    model = fit_model(
+        features,
+        np.arange(len(images)) % 4 != 0,
+        method="pixels",
+        pca={"n_components": 3, "whiten": False, "svd_solver": "full"},
+        kmeans=kmeans(3),
+        scalable={"threshold": 0, "batch_size": 8},
+        pca_on_all=False,
+        clusterer=name,
+        clusterers=SECTIONS,
+    )
+    joblib.dump(image_pipeline(ImageLoader(6, 6, "gray"), PixelFeatures(), model), tmp_path / "image.joblib")
+    loaded = joblib.load(tmp_path / "image.joblib")
+    assert np.array_equal(loaded.predict(images), model.predict(features))
+    assert adjusted_rand_score(levels, loaded.predict(images)) == 1.0
