@@ -18,7 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from imgclust.core.backbones import BACKBONES, POOLINGS
-from imgclust.core.clustering import SVD_SOLVERS
+from imgclust.core.clustering import AUTO_K, CLUSTERERS, COVARIANCE_TYPES, SVD_SOLVERS
 from imgclust.core.feature_store import METHODS
 from imgclust.core.images import COLOR_MODES, MAX_IMAGE_SIDE, OPS, RESAMPLE_FILTERS
 from imgclust.core.phantoms import MIN_IMAGES
@@ -147,6 +147,10 @@ class CnnParams(_Section):
     input_size: Annotated[int, Field(ge=0)]  # 0: the backbone's default
     pooling: _one_of(*(p for p in POOLINGS if p))
     batch_size: PositiveInt
+    power: Annotated[float, Field(gt=0, le=1)]  # signed power normalisation (1: none, 0.5: square root)
+    l2: bool  # rows scaled to unit length
+    flip: bool  # mean of the image's and its mirror image's features
+    layers: list[Annotated[str, Field(min_length=1)]]  # further layers whose pooled maps are appended
 
 
 class RayParams(_Section):
@@ -173,8 +177,16 @@ class PcaParams(_Section):
     svd_solver: _one_of(*SVD_SOLVERS)
 
 
+def _k_or_auto(value: Any) -> int | str:
+    if type(value) is int and value < 2:  # type(): True is not a count
+        raise ValueError(f"Input should be greater than or equal to 2 (got {value!r}).")
+    if value != AUTO_K and type(value) is not int:
+        raise ValueError(f"must be an integer >= 2 or {AUTO_K!r}, got {value!r}.{did_you_mean(value, [AUTO_K])}")
+    return value
+
+
 class KmeansParams(_Section):
-    n_clusters: Annotated[int, Field(ge=2)]
+    n_clusters: Annotated[Any, AfterValidator(_k_or_auto)]  # the k of every clusterer but hdbscan
     n_init: PositiveInt
     random_state: Seed
 
@@ -184,10 +196,48 @@ class ScalableParams(_Section):
     batch_size: PositiveInt
 
 
+class AutoKParams(_Section):
+    k_min: Annotated[int, Field(ge=2)]
+    k_max: Annotated[int, Field(ge=2)]
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must not exceed k_max ({self.k_max}).")
+        return self
+
+
+class SpectralParams(_Section):
+    n_neighbors: Annotated[int, Field(ge=2)]
+
+
+class GmmParams(_Section):
+    covariance_type: _one_of(*COVARIANCE_TYPES)
+    n_init: PositiveInt
+
+
+class HdbscanParams(_Section):
+    min_cluster_size: Annotated[int, Field(ge=2)]
+    min_samples: Annotated[int, Field(ge=0)]  # 0: as min_cluster_size
+
+
 class TrainParams(_Section):
     pca: PcaParams
     kmeans: KmeansParams
     scalable: ScalableParams
+    clusterer: _one_of(*CLUSTERERS)
+    auto_k: AutoKParams
+    spectral: SpectralParams
+    gmm: GmmParams
+    hdbscan: HdbscanParams
+
+    def clusterer_settings(self) -> dict:
+        """fit_model's clusterer arguments: ``clusterer``, ``clusterers`` and ``auto_k``."""
+        return {
+            "clusterer": self.clusterer,
+            "clusterers": {name: getattr(self, name).model_dump() for name in ("spectral", "gmm", "hdbscan")},
+            "auto_k": self.auto_k.model_dump(),
+        }
 
 
 class EvaluateParams(_Section):

@@ -92,7 +92,7 @@ def test_console_script_runs_the_model_stages(synthetic_dataset, tmp_path):
 
     evaluation = work / "evaluation"
     metrics = json.loads((evaluation / "metrics.json").read_text(), parse_constant=pytest.fail)
-    assert set(metrics) == {"train", "test"}
+    assert set(metrics) == {"train", "test", "originals"}
     features, index, _ = load_features(work / "features")
     model = joblib.load(work / "models" / "model.joblib")
     assert model.named_steps["pca"].n_components_ == 5

@@ -37,7 +37,7 @@ def test_repro_produces_every_output(project):
     train_counts = Counter(row["class"] for row in manifest if row["split"] == "train")
     assert len(set(train_counts.values())) == 1, train_counts
     metrics = json.loads((project / "evaluation" / "metrics.json").read_text())
-    assert set(metrics) == {"train", "test"}
+    assert set(metrics) == {"train", "test", "originals"}
     for name in ("contingency.png", "scatter.png", "thumbnails.png"):
         assert (project / "evaluation" / "plots" / name).stat().st_size > 1000
 

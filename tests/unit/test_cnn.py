@@ -117,6 +117,10 @@ def test_init_only_stores_params():
         "pooling": "mean",
         "batch_size": 0,
         "progress": True,
+        "power": 1.0,
+        "l2": False,
+        "flip": False,
+        "layers": (),
     }
     assert not hasattr(ext, "model_")
 

@@ -112,7 +112,7 @@ def result_is_train(project) -> np.ndarray:
 
 def test_metrics_for_train_and_test(result, project):
     metrics = result["metrics"]
-    assert set(metrics) == {"train", "test"}
+    assert set(metrics) == {"train", "test", "originals"}
     index = project["index"]
     for split in ("train", "test"):
         assert tuple(metrics[split]) == METRIC_KEYS
@@ -178,7 +178,7 @@ def test_evaluate_model_pixels_without_pca(project):
 def test_evaluate_model_without_test_rows(project):
     index = [dict(r, split="train") for r in project["index"]]
     out = evaluate_model(project["pipeline"], project["features_array"], index)
-    assert set(out["metrics"]) == {"train"}
+    assert set(out["metrics"]) == {"train", "originals"}
     assert out["metrics"]["train"]["n_samples"] == len(index)
 
 
@@ -263,7 +263,7 @@ def cli_outputs(project, tmp_path_factory):
 def test_cli_metrics_json(cli_outputs, result):
     out, proc = cli_outputs
     metrics = strict_json(out / "metrics.json")
-    assert set(metrics) == {"train", "test"}
+    assert set(metrics) == {"train", "test", "originals"}
     for split in ("train", "test"):
         expected = {
             k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result["metrics"][split].items()

@@ -437,7 +437,7 @@ def test_evaluate_succeeds_with_a_mathtext_class_folder(mathtext_project):
     for name in ("contingency", "scatter", "thumbnails"):
         assert (mathtext_project / "evaluation" / "plots" / f"{name}.png").is_file()
     metrics = json.loads((mathtext_project / "evaluation" / "metrics.json").read_text())
-    assert set(metrics) == {"train", "test"}
+    assert set(metrics) == {"train", "test", "originals"}
 
 
 def test_a_failing_plot_leaves_metrics_json_as_it_was(mathtext_project, monkeypatch):

@@ -21,7 +21,9 @@ ALPHA_BACKBONES = frozenset({"mobilenet", "mobilenet_v2"})
 # smallest input side Keras accepts for a headless model
 MIN_INPUT_SIZE = {"inception_v3": 75}
 DEFAULT_MIN_INPUT_SIZE = 32
-POOLINGS = ("avg", "max", None)
+# avg and max are Keras's own pooling layers; gem (generalised mean, p=3) is computed by imgclust
+# from the unpooled feature maps (core/cnn.py, ``pool_maps``)
+POOLINGS = ("avg", "max", "gem", None)
 
 
 def check_backbone(backbone: str) -> tuple[str, str, tuple[int, int]]:

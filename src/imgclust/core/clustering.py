@@ -1,8 +1,17 @@
-"""The clustering model: (pixel scaling,) PCA (optional) and KMeans, fitted on TRAIN rows only.
+"""The clustering model: (pixel scaling,) PCA (optional) and a clusterer, fitted on TRAIN rows only.
 
 ``fit_model`` takes the model's settings as the sections of params.yaml's ``train`` (``pca``,
-``kmeans``, ``scalable``), passed through to scikit-learn, so a new setting needs no code here.
+``kmeans``, ``scalable``, and for the other clusterers ``clusterer``, ``auto_k``, ``spectral``,
+``gmm``, ``hdbscan``), passed through to scikit-learn, so a new setting needs little code here.
 Labels are never used to fit; ``evaluate_model`` and ``scan_k`` score against them afterwards.
+
+Clusterers: k-means (the default), Ward agglomerative, spectral on a k-nearest-neighbour graph, a
+Gaussian mixture and HDBSCAN. Ward, spectral and HDBSCAN cannot place new points themselves: they
+are wrapped in ``CentroidClusterer``, which assigns every row, train rows included, to the nearest
+centre (the mean of a cluster's train rows) in the embedding, so the image-level model and
+``predict`` treat new images exactly as the training images. ``train.kmeans.n_clusters`` is the k of
+every clusterer but HDBSCAN (which finds its own); ``auto`` picks it in ``train.auto_k``'s range by
+the silhouette (BIC for the Gaussian mixture).
 """
 
 from __future__ import annotations
@@ -16,6 +25,93 @@ from imgclust.core.parallel import iter_batches, release_pages
 from imgclust.errors import ParamError
 
 SVD_SOLVERS = ("auto", "full", "covariance_eigh", "arpack", "randomized")
+CLUSTERERS = ("kmeans", "ward", "spectral", "gmm", "hdbscan")
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+AUTO_K = "auto"
+ORIGINALS = "originals"  # evaluate's group of every original image (train and test, no augmented copy)
+# what train.auto_k maximises (silhouette) or minimises (bic) for each clusterer that takes a k
+AUTO_K_CRITERIA = {"kmeans": "silhouette", "ward": "silhouette", "spectral": "silhouette", "gmm": "bic"}
+
+
+def make_clusterer(name: str, n_clusters: int, kmeans: dict, clusterers: dict | None = None, batch_size=None):
+    """An unfitted clusterer ``name`` with ``n_clusters`` clusters; ``kmeans`` is train.kmeans (its
+    random_state seeds every method), ``clusterers`` the sections train.spectral/gmm/hdbscan;
+    ``batch_size``: k-means as MiniBatchKMeans (the scalable path)."""
+    clusterers = clusterers or {}
+    if name == "kmeans":
+        from sklearn.cluster import KMeans, MiniBatchKMeans
+
+        args = {**kmeans, "n_clusters": n_clusters}
+        return MiniBatchKMeans(**args, batch_size=batch_size) if batch_size else KMeans(**args)
+    if name == "gmm":
+        from sklearn.mixture import GaussianMixture
+
+        return GaussianMixture(
+            n_components=n_clusters, random_state=kmeans["random_state"], **clusterers.get("gmm", {})
+        )
+    if name not in CLUSTERERS:
+        raise ParamError(f"unknown train.clusterer {name!r}; use one of {', '.join(CLUSTERERS)}.")
+    options = {}
+    if name == "spectral":
+        options = {"n_neighbors": clusterers.get("spectral", {}).get("n_neighbors", 10)}
+    if name == "hdbscan":
+        hdbscan = clusterers.get("hdbscan", {})
+        options = {
+            "min_cluster_size": hdbscan.get("min_cluster_size", 5),
+            "min_samples": hdbscan.get("min_samples") or None,  # 0: as min_cluster_size
+        }
+    from imgclust.core.clusterers import CentroidClusterer
+
+    return CentroidClusterer(method=name, n_clusters=n_clusters, random_state=kmeans["random_state"], **options)
+
+
+def auto_k_range(auto_k: dict | None, n_rows: int) -> list[int]:
+    """The k that ``n_clusters: auto`` tries: train.auto_k's [k_min, k_max], at most n_rows - 1."""
+    auto_k = auto_k or {"k_min": 2, "k_max": 10}
+    k_max = min(auto_k["k_max"], n_rows - 1)
+    if auto_k["k_min"] > k_max:
+        raise ParamError(
+            f"train.auto_k: no k in [{auto_k['k_min']}, {auto_k['k_max']}] fits {n_rows} train rows "
+            f"(k must stay below the number of rows); lower train.auto_k.k_min."
+        )
+    return list(range(auto_k["k_min"], k_max + 1))
+
+
+def fit_clusterer(
+    name: str,
+    embedding: np.ndarray,
+    kmeans: dict,
+    clusterers: dict | None = None,
+    auto_k: dict | None = None,
+    batch_size=None,
+):
+    """Fit clusterer ``name`` on ``embedding``. With ``kmeans["n_clusters"] == "auto"`` fit every k
+    of ``auto_k``'s range and keep the best by AUTO_K_CRITERIA; the fitted clusterer then carries
+    ``auto_k_`` = {"criterion", "k", "curve": {k: value}}."""
+    from imgclust.core.metrics import silhouette
+
+    if name == "hdbscan" or kmeans["n_clusters"] != AUTO_K:
+        k = kmeans["n_clusters"] if name != "hdbscan" else 0
+        return make_clusterer(name, k, kmeans, clusterers, batch_size).fit(embedding)
+    criterion = AUTO_K_CRITERIA[name]
+    curve, best, best_value = {}, None, None
+    for k in auto_k_range(auto_k, len(embedding)):
+        model = make_clusterer(name, k, kmeans, clusterers, batch_size).fit(embedding)
+        if criterion == "bic":
+            value = float(model.bic(np.asarray(embedding, dtype=np.float64)))
+            better = best_value is None or value < best_value
+        else:
+            value = silhouette(model.predict(embedding), embedding, random_state=kmeans["random_state"])
+            better = value == value and (best_value is None or value > best_value)
+        curve[k] = value
+        if better or best is None:
+            best, best_value = model, (value if better else best_value)
+    best.auto_k_ = {"criterion": criterion, "k": int(_n_clusters(best)), "curve": curve}
+    return best
+
+
+def _n_clusters(model) -> int:
+    return getattr(model, "n_components", None) or getattr(model, "n_clusters", None)
 
 
 @contextmanager
@@ -65,6 +161,9 @@ def fit_model(
     kmeans: dict,
     scalable: dict,
     pca_on_all: bool,
+    clusterer: str = "kmeans",
+    clusterers: dict | None = None,
+    auto_k: dict | None = None,
 ):
     """Return a fitted ``Pipeline``. PCA is fitted on the train rows, or on all rows when
     ``pca_on_all`` (the tutorial protocol, as the seed recipe did); KMeans always on train rows.
@@ -72,9 +171,13 @@ def fit_model(
     ``pca``: PCA's arguments (``n_components`` 0 means no PCA); ``kmeans``: KMeans' arguments;
     ``scalable``: ``threshold`` and ``batch_size``. From ``threshold`` rows on, PCA is an
     IncrementalPCA and KMeans a MiniBatchKMeans, both fed ``batch_size`` rows at a time from the
-    (memory-mapped) features, so memory stays bounded.
+    (memory-mapped) features, so memory stays bounded. ``clusterer`` (one of CLUSTERERS) with its
+    sections ``clusterers`` (train.spectral/gmm/hdbscan) and ``auto_k`` (see ``fit_clusterer``).
     """
     is_train = np.asarray(is_train, dtype=bool)
+    if clusterer not in CLUSTERERS:
+        raise ParamError(f"unknown train.clusterer {clusterer!r}; use one of {', '.join(CLUSTERERS)}.")
+    choice = {"clusterer": clusterer, "clusterers": clusterers, "auto_k": auto_k}
     n_fit = len(features) if pca_on_all else int(np.count_nonzero(is_train))
     if n_fit >= scalable["threshold"] > 0:
         return _fit_in_batches(
@@ -85,8 +188,8 @@ def fit_model(
             kmeans=kmeans,
             batch_size=scalable["batch_size"],
             pca_on_all=pca_on_all,
+            **choice,
         )
-    from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.pipeline import Pipeline
 
@@ -100,7 +203,7 @@ def fit_model(
         n_train,
         features.shape[1],
         n_components,
-        kmeans["n_clusters"],
+        _checked_k(kmeans, clusterer, auto_k, n_train),
         pca_args.get("svd_solver", "auto"),
     )
     steps = [("scale", PixelScaler())] if method == "pixels" else []
@@ -111,14 +214,23 @@ def fit_model(
         steps.append(
             ("pca", PCA(n_components=n_components, random_state=kmeans["random_state"], copy=False, **pca_args))
         )
-    model = KMeans(**kmeans)
-    pipeline = Pipeline(steps + [("kmeans", model)])
-    if len(steps) == 0:
-        pipeline.fit(features[is_train])
-        return pipeline
-    pipeline[:-1].fit(features if pca_on_all else features[is_train])
-    model.fit(embed(pipeline, features[is_train]))  # batch by batch: no second full float matrix
-    return pipeline
+    if steps:
+        Pipeline(steps).fit(features if pca_on_all else features[is_train])
+        # batch by batch: no second full float matrix
+        embedding = embed(Pipeline(steps + [("none", None)]), features[is_train])
+    else:
+        embedding = np.asarray(features[is_train])
+    model = fit_clusterer(clusterer, embedding, kmeans, clusterers, auto_k)
+    return Pipeline(steps + [(clusterer, model)])
+
+
+def _checked_k(kmeans: dict, clusterer: str, auto_k: dict | None, n_train: int) -> int:
+    """The k that check_params checks: a fixed k, or auto's smallest (its range is cut to the data)."""
+    if clusterer == "hdbscan":
+        return 2
+    if kmeans["n_clusters"] == AUTO_K:
+        return auto_k_range(auto_k, n_train)[0]
+    return kmeans["n_clusters"]
 
 
 @one_thread()
@@ -134,8 +246,7 @@ def embed(pipeline, features: np.ndarray, batch_size: int = 2048) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
 
 
-def _fit_in_batches(features, is_train, *, method, pca, kmeans, batch_size, pca_on_all):
-    from sklearn.cluster import MiniBatchKMeans
+def _fit_in_batches(features, is_train, *, method, pca, kmeans, batch_size, pca_on_all, clusterer, clusterers, auto_k):
     from sklearn.decomposition import IncrementalPCA
     from sklearn.pipeline import Pipeline
     from tqdm import tqdm
@@ -145,7 +256,8 @@ def _fit_in_batches(features, is_train, *, method, pca, kmeans, batch_size, pca_
     train_rows = np.flatnonzero(is_train)
     pca_rows = np.arange(len(features)) if pca_on_all else train_rows
     n_components = pca["n_components"] or None
-    check_params(len(pca_rows), len(train_rows), features.shape[1], n_components, kmeans["n_clusters"], "auto")
+    n_clusters = _checked_k(kmeans, clusterer, auto_k, len(train_rows))
+    check_params(len(pca_rows), len(train_rows), features.shape[1], n_components, n_clusters, "auto")
     if n_components and batch_size < n_components:
         raise ParamError(f"train.scalable.batch_size={batch_size} must be >= train.pca.n_components={n_components}.")
     steps = [("scale", PixelScaler())] if method == "pixels" else []
@@ -160,36 +272,45 @@ def _fit_in_batches(features, is_train, *, method, pca, kmeans, batch_size, pca_
             model.partial_fit(steps[0][1].transform(chunk) if steps else chunk)
             release_pages(features)
         steps.append(("pca", model))
-    clusterer = MiniBatchKMeans(**kmeans, batch_size=batch_size)
-    pipeline = Pipeline(steps + [("kmeans", clusterer)])
+    transform = Pipeline(steps + [("none", None)])
     # the train rows' embedding is small (n x n_components): cluster it in one go
     parts = []
     for rows in iter_batches(train_rows, batch_size):
-        parts.append(embed(pipeline, np.asarray(features[rows]), batch_size))
+        parts.append(embed(transform, np.asarray(features[rows]), batch_size))
         release_pages(features)  # fancy indexing maps the rows' pages in: let them go again
-    clusterer.fit(np.concatenate(parts))
-    return pipeline
+    # k-means as MiniBatchKMeans; the others cluster the (small) embedding as they are
+    model = fit_clusterer(clusterer, np.concatenate(parts), kmeans, clusterers, auto_k, batch_size=batch_size)
+    return Pipeline(steps + [(clusterer, model)])
 
 
 @one_thread()
 def evaluate_model(pipeline, features: np.ndarray, index: list[dict], *, random_state: int = 0) -> dict:
-    """Cluster every row and score train and test rows separately.
+    """Cluster every row and score train rows, test rows and all original images separately.
 
     Test rows are the split's test images: originals only in the honest protocol; in the tutorial
-    protocol they include augmented copies, exactly as the seed recipe scored them.
+    protocol they include augmented copies, exactly as the seed recipe scored them. ``originals``
+    are the train and test images that are no augmented copy (op ``none``): with a test split of a
+    few dozen images, the steadier figure. ``rows`` holds each scored group's row mask.
     """
     embedding = embed(pipeline, features)
     clusters = pipeline.steps[-1][1].predict(embedding)
     labels = np.array([row["class"] for row in index])
     splits = np.array([row["split"] for row in index])
-    metrics = {}
-    for split in ("train", "test"):
-        rows = splits == split
+    groups = {split: splits == split for split in ("train", "test")}
+    groups[ORIGINALS] = np.array([row.get("op", "none") == "none" for row in index], dtype=bool)
+    metrics, rows_of = {}, {}
+    for name, rows in groups.items():
         if rows.any():
-            metrics[split] = clustering_metrics(
-                clusters[rows], labels[rows], embedding[rows], random_state=random_state
-            )
-    return {"clusters": clusters, "embedding": embedding, "labels": labels, "splits": splits, "metrics": metrics}
+            rows_of[name] = rows
+            metrics[name] = clustering_metrics(clusters[rows], labels[rows], embedding[rows], random_state=random_state)
+    return {
+        "clusters": clusters,
+        "embedding": embedding,
+        "labels": labels,
+        "splits": splits,
+        "metrics": metrics,
+        "rows": rows_of,
+    }
 
 
 @one_thread()

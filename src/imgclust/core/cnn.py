@@ -24,7 +24,7 @@ from imgclust.core.backbones import (
     backbone_label,
     check_backbone,
 )
-from imgclust.errors import InputDataError, ParamError, WeightsUnavailableError
+from imgclust.errors import InputDataError, ParamError, WeightsUnavailableError, did_you_mean
 
 _URL_RE = re.compile(r"(https?://\S+?)(?::\s|\s|$)")
 
@@ -67,6 +67,59 @@ def _input_size(backbone: str, input_size) -> tuple[int, int]:
     return size
 
 
+GEM_P = 3.0  # generalised-mean exponent: the usual choice for retrieval (Radenovic et al. 2018)
+
+
+def pool_maps(maps: np.ndarray, pooling: str | None) -> np.ndarray:
+    """(n, h, w, c) activations -> (n, c) rows: ``avg``, ``max`` or ``gem`` (generalised mean with
+    exponent GEM_P: between average and max pooling), in float32; None: the maps flattened."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if pooling is None:
+        return maps.reshape(len(maps), -1)
+    if pooling == "avg":
+        return maps.mean(axis=(1, 2))
+    if pooling == "max":
+        return maps.max(axis=(1, 2))
+    if pooling == "gem":
+        clipped = np.clip(maps.astype(np.float64), 1e-6, None)  # post-ReLU maps; clip keeps the root real
+        return (np.mean(clipped**GEM_P, axis=(1, 2)) ** (1.0 / GEM_P)).astype(np.float32)
+    raise ParamError(f"featurize.cnn.pooling must be one of {', '.join(map(str, POOLINGS))}, got {pooling!r}")
+
+
+def normalise(features: np.ndarray, power: float = 1.0, l2: bool = False) -> np.ndarray:
+    """Power normalisation (``sign(x) |x|^power``; 0.5 is the square root, which damps bursty
+    channels) then, with ``l2``, each row scaled to unit length (cosine geometry for k-means)."""
+    out = np.asarray(features, dtype=np.float32)
+    if power != 1.0:
+        out = np.sign(out) * np.abs(out) ** np.float32(power)
+    if l2:
+        norms = np.linalg.norm(out.astype(np.float64), axis=1, keepdims=True)
+        out = (out / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
+
+
+def combine(blocks: list[np.ndarray], power: float = 1.0, l2: bool = False) -> np.ndarray:
+    """Pooled blocks (one per layer) normalised each (``normalise``) and side by side; with ``l2``
+    every block has the same weight and the whole row unit length."""
+    if len(blocks) == 1:
+        return normalise(blocks[0], power, l2)
+    joined = np.concatenate([normalise(block, power, l2) for block in blocks], axis=1)
+    return (joined / np.sqrt(len(blocks))).astype(np.float32) if l2 else joined
+
+
+def _check_post(power, l2, flip) -> None:
+    if isinstance(power, bool) or not isinstance(power, Real) or not 0 < float(power) <= 1:
+        raise ParamError(f"featurize.cnn.power must be a number in (0, 1] (1: none, 0.5: square root), got {power!r}")
+    for name, value in (("l2", l2), ("flip", flip)):
+        if not isinstance(value, bool):
+            raise ParamError(f"featurize.cnn.{name} must be true or false, got {value!r}")
+
+
+def _keras_pooling(pooling):
+    """The pooling Keras applies itself; gem needs the unpooled maps."""
+    return None if pooling == "gem" else pooling
+
+
 def _check_params(backbone, weights, alpha, input_size, pooling="avg", batch_size=1):
     check_backbone(backbone)
     kind, path = _weights_kind(weights)
@@ -74,7 +127,7 @@ def _check_params(backbone, weights, alpha, input_size, pooling="avg", batch_siz
         raise ParamError(f"featurize.cnn.alpha must be a number > 0, got {alpha!r}")
     size = _input_size(backbone, input_size)
     if pooling not in POOLINGS:
-        raise ParamError(f"featurize.cnn.pooling must be 'avg', 'max' or None, got {pooling!r}")
+        raise ParamError(f"featurize.cnn.pooling must be 'avg', 'max', 'gem' or None, got {pooling!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
         raise ParamError(f"featurize.cnn.batch_size must be an int >= 1, got {batch_size!r}")
     return kind, path, size
@@ -146,6 +199,7 @@ def build_backbone(
 ):
     """The headless Keras model; ParamError / WeightsUnavailableError with a fix in the message."""
     kind, path, size = _check_params(backbone, weights, alpha, input_size, pooling)
+    pooling = _keras_pooling(pooling)
     if kind == "path" and not path.is_file():
         raise WeightsUnavailableError(
             f"weights file {path} for {backbone_label(backbone, alpha)} not found; set featurize.cnn.weights "
@@ -270,6 +324,11 @@ def _rgb_float(images: np.ndarray, gray: bool) -> np.ndarray:
 class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
     """Global-pooled activations of a headless ``keras.applications`` backbone, as float32 rows.
 
+    Post-processing, part of the extractor so that the image-level model and ``predict`` apply it
+    too: ``pooling`` avg | max | gem; ``flip``: the mean of the image's and its mirror image's
+    pooled features (test-time augmentation); then ``power`` (signed power, 0.5 = square root) and
+    ``l2`` (unit rows). The defaults (avg, 1.0, False, False) are the plain pooled activations.
+
     ``fit`` builds the model (and fails early, with the fix in the message, when ImageNet weights are
     missing); ``transform`` takes uint8 gray or RGB images of any size, resizes them bilinearly to the
     backbone's input size, applies the backbone's own ``preprocess_input`` and runs the model in
@@ -286,6 +345,10 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         pooling="avg",
         batch_size=32,
         progress=False,
+        power=1.0,
+        l2=False,
+        flip=False,
+        layers=(),
     ):
         self.backbone = backbone
         self.weights = weights
@@ -294,20 +357,51 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
         self.pooling = pooling
         self.batch_size = batch_size
         self.progress = progress
+        self.power = power
+        self.l2 = l2
+        self.flip = flip
+        self.layers = layers
 
     def fit(self, X=None, y=None):
         _check_params(self.backbone, self.weights, self.alpha, self.input_size, self.pooling, self.batch_size)
-        model = build_backbone(self.backbone, self.weights, self.alpha, self.input_size, self.pooling)
-        self._set_model(model)
+        _check_post(self.power, self.l2, self.flip)
+        if self.layers and self.pooling is None:
+            raise ParamError("featurize.cnn.layers needs a pooling (avg, max or gem) to pool each layer's maps.")
+        self._set_model(self._build())
         return self
+
+    def _build(self):
+        """The backbone; with ``layers``, a model whose outputs are those layers' maps and then the
+        backbone's own output."""
+        model = build_backbone(self.backbone, self.weights, self.alpha, self.input_size, self.pooling)
+        if not self.layers:
+            return model
+        import keras
+
+        named = [layer.name for layer in model.layers[1:] if len(layer.output.shape) == 4]
+        outputs = []
+        for name in self.layers:
+            if name not in named:
+                raise ParamError(
+                    f"featurize.cnn.layers: {backbone_label(self.backbone, self.alpha)} has no layer {name!r} with "
+                    f"feature maps.{did_you_mean(name, named)} Its last ones: {', '.join(named[-6:])}."
+                )
+            outputs.append(model.get_layer(name).output)
+        return keras.Model(inputs=model.input, outputs=[*outputs, model.output])
 
     def _set_model(self, model) -> None:
         self.model_ = model
         self.input_size_ = tuple(int(v) for v in model.input_shape[1:3])
-        self.n_features_out_ = int(np.prod(model.output_shape[1:]))
+        shapes = model.output_shape if self.layers else [model.output_shape]
+        # a 4-d output is pooled here (gem, or any extra layer): one value per channel
+        self.n_features_out_ = int(sum(s[-1] if len(s) == 4 and self.pooling else np.prod(s[1:]) for s in shapes))
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "input_size_")
+
+    def __setstate__(self, state):
+        # models pickled before the post-processing parameters existed transform as they did
+        super().__setstate__({"power": 1.0, "l2": False, "flip": False, "layers": (), **state})
 
     def __getstate__(self):
         state = dict(super().__getstate__())
@@ -318,7 +412,7 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
 
     def _ensure_model(self):
         if getattr(self, "model_", None) is None:
-            model = build_backbone(self.backbone, self.weights, self.alpha, self.input_size, self.pooling)
+            model = self._build()
             init = self.__dict__.get("_init_weights")
             if init is not None:
                 model.set_weights(init)
@@ -353,11 +447,25 @@ class KerasFeatureExtractor(TransformerMixin, BaseEstimator):
             for start in range(0, n, step):
                 stop = min(start + step, n)
                 batch = self._prepare(images[start:stop], size, keras)
-                # predict_on_batch runs a compiled graph: about 3x the eager model(batch) on CPU
-                features = model.predict_on_batch(preprocess(batch))
-                out[start:stop] = np.asarray(keras.ops.convert_to_numpy(features)).reshape(stop - start, -1)
+                blocks = self._pooled(model, preprocess(batch), keras)
+                if self.flip:  # preprocess_input may work in place: mirror a fresh copy
+                    mirrored = self._prepare(images[start:stop], size, keras)[:, :, ::-1]
+                    flipped = self._pooled(model, preprocess(np.ascontiguousarray(mirrored)), keras)
+                    blocks = [(a + b) / 2 for a, b in zip(blocks, flipped)]
+                out[start:stop] = combine(blocks, self.power, self.l2)
                 bar.update(stop - start)
         return out
+
+    def _pooled(self, model, batch: np.ndarray, keras) -> list[np.ndarray]:
+        """One pooled block per model output (the extra layers', then the backbone's)."""
+        # predict_on_batch runs a compiled graph: about 3x the eager model(batch) on CPU
+        outputs = model.predict_on_batch(batch)
+        blocks = []
+        for output in outputs if self.layers else [outputs]:
+            array = np.asarray(keras.ops.convert_to_numpy(output))
+            pooled = array.ndim == 4 and (self.pooling == "gem" or self.layers)
+            blocks.append(pool_maps(array, self.pooling) if pooled else array.reshape(len(batch), -1))
+        return blocks
 
     @staticmethod
     def _prepare(images, size: tuple[int, int], keras) -> np.ndarray:

@@ -141,6 +141,13 @@ def clustering_metrics(
     return out
 
 
+def silhouette(clusters, embedding: np.ndarray, *, sample_size: int = 5000, random_state: int = 0) -> float:
+    """The silhouette of ``clusters`` in ``embedding`` as ``clustering_metrics`` computes it (NaN
+    when undefined)."""
+    c = np.asarray(clusters).astype(np.int64)
+    return _silhouette(c, embedding, sample_size, random_state)
+
+
 def _silhouette(c: np.ndarray, embedding: np.ndarray | None, sample_size: int, random_state: int) -> float:
     if embedding is None:
         return math.nan

@@ -32,7 +32,7 @@ def metric_warnings(result: dict) -> list[str]:
     a single cluster (nothing is separated; silhouette is undefined), or a metric that is NaN."""
     found = []
     for split, values in result["metrics"].items():
-        rows = result["splits"] == split
+        rows = result["rows"][split] if "rows" in result else result["splits"] == split
         classes = sorted(set(result["labels"][rows].tolist()))
         n = values["n_samples"]
         if len(classes) < 2:
@@ -57,6 +57,12 @@ def metric_warnings(result: dict) -> list[str]:
                 + (": every image is its own cluster" if values["n_clusters_found"] >= n else "")
             )
     return found
+
+
+def auto_k_metrics(auto_k: dict) -> dict:
+    """The chosen k and the criterion per k tried, as metrics: {"k": 3, "silhouette_k2": ...}."""
+    curve = {f"{auto_k['criterion']}_k{k}": (None if v != v else v) for k, v in auto_k["curve"].items()}
+    return {"k": auto_k["k"], **curve}
 
 
 def cluster_classes(result: dict) -> dict[str, str]:
@@ -126,10 +132,11 @@ def run(
         thumbs, plots_dir / "thumbnails.png", captions, title="Sample images per cluster", cluster_sizes=sizes
     )
     # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
-    write_json(
-        metrics_path,
-        {split: {k: (None if v != v else v) for k, v in values.items()} for split, values in metrics.items()},
-    )
+    document = {split: {k: (None if v != v else v) for k, v in values.items()} for split, values in metrics.items()}
+    auto_k = getattr(pipeline.steps[-1][1], "auto_k_", None)
+    if auto_k:  # train.kmeans.n_clusters: auto: the chosen k and the criterion's curve over k
+        document["auto_k"] = auto_k_metrics(auto_k)
+    write_json(metrics_path, document)
     write_csv(
         predictions_path,
         (
@@ -142,6 +149,8 @@ def run(
         return {"metrics": metrics, "warnings": warnings}
 
     summary = {"features": meta, "reports": {}, "metric_warnings": warnings}
+    if auto_k:
+        summary["auto_k"] = {**auto_k, "curve": {str(k): v for k, v in auto_k["curve"].items()}}
     for report in reports:
         if report.is_file():
             summary["reports"][report.stem] = json.loads(report.read_text())
@@ -161,7 +170,7 @@ def run(
     info = runs.log_run(
         experiment=params.mlflow.experiment_name,
         params=logged_params(params, LOCK_FILE),
-        metrics=naming.split_metrics(metrics),
+        metrics=naming.split_metrics(document),
         tags=tags,
         artifacts=[plots_dir, metrics_path, predictions_path],
         summary=summary,

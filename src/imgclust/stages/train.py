@@ -1,4 +1,4 @@
-"""Stage train: fit (pixel scaling,) PCA (optional) and KMeans on the TRAIN rows of the feature
+"""Stage train: fit (pixel scaling,) PCA (optional) and the clusterer on the TRAIN rows of the feature
 store; labels are never used."""
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[o
         kmeans=train.kmeans.model_dump(),
         scalable=train.scalable.model_dump(),
         pca_on_all=params.protocol == "tutorial",
+        **train.clusterer_settings(),
     )
     with atomic_file(out) as tmp:
         joblib.dump(pipeline, tmp)

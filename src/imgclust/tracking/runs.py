@@ -268,6 +268,7 @@ def _log_run(
     from mlflow.models import infer_signature
 
     import imgclust
+    from imgclust.core.clusterers import CentroidClusterer
     from imgclust.core.scaling import PixelScaler
     from imgclust.tracking.image_model import ImageClusterModel
 
@@ -295,7 +296,7 @@ def _log_run(
             input_example=example,
             pip_requirements=requirements,
             code_paths=code_paths,
-            skops_trusted_types=[f"{PixelScaler.__module__}.{PixelScaler.__qualname__}"],
+            skops_trusted_types=[f"{t.__module__}.{t.__qualname__}" for t in (PixelScaler, CentroidClusterer)],
         )
         with tempfile.TemporaryDirectory() as tmp:
             pipeline_file = Path(tmp) / "image_pipeline.joblib"
