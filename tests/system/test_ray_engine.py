@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from support.cli import imgclust_bin
 from support.data import run_data_stages
-from support.paths import BUSI_SAMPLE, KERAS_HOME
+from support.paths import BUSI_SAMPLE, KERAS_HOME, REPO
 from support.project import env, write_params
 from support.servers import free_port, server_process, tool
 
@@ -28,13 +29,13 @@ pytest.importorskip("ray")
 if not (KERAS_HOME / "models" / "mobilenet_2_5_224_tf_no_top.h5").is_file():
     pytest.skip("../shared/keras (MobileNet alpha 0.25 weights) not present", allow_module_level=True)
 
+# the shipped featurize.cnn settings (post-processing included), on the small offline backbone
 CNN = {
+    **yaml.safe_load((REPO / "params.yaml").read_text())["featurize"]["cnn"],
     "backbone": "mobilenet",
     "alpha": 0.25,
     "weights": "imagenet",
     "input_size": 64,
-    "pooling": "avg",
-    "batch_size": 32,
 }
 ACTOR = "MapWorker(MapBatches(_ExtractFeatures))"
 BUCKET = "imgclust-images"
