@@ -10,10 +10,10 @@ import numpy as np
 import typer
 
 from imgclust import config
-from imgclust.core import plots
+from imgclust.core import image_profile, plots, stage_log
 from imgclust.core.clustering import evaluate_model, one_thread
 from imgclust.core.feature_store import load_features
-from imgclust.core.fsutil import write_csv, write_json
+from imgclust.core.fsutil import read_csv, write_csv, write_json
 from imgclust.core.metrics import cluster_class_mapping
 from imgclust.errors import InputDataError
 from imgclust.tracking import naming, runs
@@ -23,6 +23,7 @@ PARAMS = ("evaluate", "mlflow", "resize.resample")
 
 PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
 LOCK_FILE = Path("dvc.lock")
+PROFILE_IMAGES = 5000  # at most this many originals are read for the training-image profile
 # MLflow tag of a run whose metrics are undefined or trivial (one class, one cluster): its warnings
 
 
@@ -66,6 +67,68 @@ def cluster_classes(result: dict) -> dict[str, str]:
     return {str(cluster): cls for cluster, cls in mapping.items()}
 
 
+def cluster_class_shares(result: dict) -> dict[str, dict[str, float]]:
+    """Each cluster's share of every class among its TRAIN rows, largest first (JSON keys are strings)."""
+    train = result["splits"] == "train"
+    clusters, labels = result["clusters"][train], result["labels"][train]
+    shares = {}
+    for cluster in sorted(set(clusters.tolist())):
+        classes, counts = np.unique(labels[clusters == cluster], return_counts=True)
+        order = sorted(zip(classes.tolist(), counts.tolist()), key=lambda item: (-item[1], item[0]))
+        shares[str(cluster)] = {cls: round(n / counts.sum(), 4) for cls, n in order}
+    return shares
+
+
+def dataset_profiles(index: list[dict], meta: dict) -> dict[str, dict]:
+    """The profile of each dataset input (train, test): images per class, originals and copies."""
+    profiles = {}
+    for context in naming.DATASET_CONTEXTS:
+        rows = [r for r in index if r["split"] == context]
+        if not rows:
+            continue
+        per_class: dict[str, int] = {}
+        for r in rows:
+            per_class[r["class"]] = per_class.get(r["class"], 0) + 1
+        copies = sum(r["op"] != "none" for r in rows)
+        profiles[context] = {
+            "images": len(rows),
+            "originals": len(rows) - copies,
+            "augmented_copies": copies,
+            "images_per_class": dict(sorted(per_class.items())),
+            "image_shape": meta["image_shape"],
+            "color_mode": meta["color_mode"],
+        }
+    return profiles
+
+
+def training_images(
+    index: list[dict], images: Path, raw_manifest: Path | None, meta: dict, resample: str
+) -> dict[str, object]:
+    """``image_profile.training_profile`` of the original images (no augmented copies), for predict."""
+    from PIL import Image
+
+    originals = [r for r in index if r["op"] == "none"]
+    originals = originals[:: -(-len(originals) // PROFILE_IMAGES)]  # an even sample of a large set
+    arrays = [np.asarray(Image.open(images / r["file"])) for r in originals]
+    used = {r["source"] for r in originals}
+    raw_rows = [r for r in read_csv(raw_manifest) if r["path"] in used] if raw_manifest else []
+    height, width = meta["image_shape"][:2]
+    model_input = {"width": width, "height": height, "color_mode": meta["color_mode"], "resample": resample}
+    return image_profile.training_profile(arrays, raw_rows, model_input)
+
+
+def describe_run(params: dict, dataset: dict | None) -> str:
+    """The run's name from what dvc.lock recorded (see ``naming.run_name``)."""
+    featurize = params.get("featurize", {})
+    cnn = featurize.get("cnn", {})
+    return naming.run_name(
+        dataset["name"] if dataset else None,
+        naming.features_label(featurize.get("method", "?"), cnn.get("backbone"), cnn.get("alpha")),
+        params.get("train", {}).get("kmeans", {}).get("n_clusters"),
+        params.get("protocol"),
+    )
+
+
 def own_params(params: config.PipelineParams) -> dict:
     """The keys this stage reads (dvc.yaml lists exactly these)."""
     return {
@@ -94,6 +157,7 @@ def run(
     reports: list[Path],
     params: config.PipelineParams,
     mlflow_log: bool = True,
+    raw_manifest: Path | None = None,
 ) -> dict:
     """Write metrics, predictions and plots; log the run to MLflow and write its id to ``run_info``."""
     import joblib
@@ -158,10 +222,21 @@ def run(
     tags = runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE)
     if warnings:
         tags[naming.METRIC_WARNINGS_TAG] = "; ".join(warnings)[: naming.TAG_VALUE_LIMIT]
+    run_params = logged_params(params, LOCK_FILE)
+    dataset = runs.dataset_of(LOCK_FILE)
+    # the stages DVC ran for this pipeline run (side file), and this one up to now
+    timings = {**stage_log.read(), "evaluate": stage_log.measure("evaluate")}
     info = runs.log_run(
         experiment=params.mlflow.experiment_name,
-        params=logged_params(params, LOCK_FILE),
-        metrics=naming.split_metrics(metrics),
+        params=run_params,
+        metrics={**naming.split_metrics(metrics), **naming.stage_metrics(timings)},
+        run_name=describe_run(run_params, dataset),
+        dataset=dataset,
+        dataset_profiles=dataset_profiles(index, meta),
+        extra_dicts={
+            naming.CLUSTER_SHARES_ARTIFACT: cluster_class_shares(result),
+            naming.TRAINING_IMAGES_ARTIFACT: training_images(index, images, raw_manifest, meta, params.resize.resample),
+        },
         tags=tags,
         artifacts=[plots_dir, metrics_path, predictions_path],
         summary=summary,
@@ -172,7 +247,8 @@ def run(
         weights_file=weights if weights and Path(str(weights)).is_file() else None,
     )
     write_json(run_info, info)
-    return {"metrics": metrics, "warnings": warnings, "run": info}
+    stage_log.consume()
+    return {"metrics": metrics, "warnings": warnings, "run": info, "run_name": describe_run(run_params, dataset)}
 
 
 def command(
@@ -185,6 +261,9 @@ def command(
     run_info: Path = typer.Option(..., help="Where to record the MLflow run id."),
     reports: list[Path] = typer.Option([], "--report", help="Stage reports to summarise in MLflow (repeatable)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Record the run in MLflow."),
+    raw_manifest: Path = typer.Option(
+        None, help="ingest's manifest: sizes and modes of the originals, recorded for predict's checks."
+    ),
 ) -> None:
     result = run(
         features_dir,
@@ -197,6 +276,7 @@ def command(
         reports,
         config.load(PARAMS),
         mlflow_log,
+        raw_manifest,
     )
     for split, values in result["metrics"].items():
         typer.echo(
@@ -207,4 +287,7 @@ def command(
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
     if "run" in result:
         info = result["run"]
-        typer.echo(f"mlflow: run {info['run_id']} in experiment {info['experiment_id']} at {info['tracking_uri']}")
+        typer.echo(
+            f"mlflow: run {info['run_id']} ({result['run_name']}) in experiment {info['experiment_id']} "
+            f"at {info['tracking_uri']}"
+        )

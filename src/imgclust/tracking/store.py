@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from imgclust.errors import ParamError, TrackingError
 from imgclust.tracking.naming import (
     CLUSTER_CLASSES_ARTIFACT,
     DEFAULT_EXPERIMENT,
+    EXPERIMENT_TAGS,
     FINISHED_RUNS,
     LOCAL_STORE_DIR,
     MODEL_ARTIFACTS,
@@ -171,6 +173,8 @@ def configure(root: Path | None = None) -> tuple[str, str | None]:
         (root / LOCAL_STORE_DIR).mkdir(parents=True, exist_ok=True)
         uri, artifacts = local_store(root)
     check_sqlite_store(uri)
+    if not sys.stderr.isatty():  # MLflow's download bars run together into one line in a log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.split(":", 1)[0].lower() in ("http", "https"):
         for name, value in HTTP_REQUEST_DEFAULTS.items():
             os.environ.setdefault(name, value)
@@ -184,21 +188,25 @@ def experiment_name(name: str | None) -> str:
 
 
 def get_or_create_experiment(name: str, artifact_location: str | None) -> str:
-    """Experiment id by name; creating it tolerates a concurrent creator (parallel queued runs)."""
+    """Experiment id by name; creating it tolerates a concurrent creator (parallel queued runs).
+    The experiment carries ``EXPERIMENT_TAGS`` (its kind, description, primary metric); one made
+    before (without them) gets the missing ones, a description set by a user is kept."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    for tag, value in EXPERIMENT_TAGS.items():
+        if tag not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, tag, value)
+    return experiment.experiment_id
 
 
 def experiment_id(name: str) -> str:
