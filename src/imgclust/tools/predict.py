@@ -11,11 +11,17 @@ from urllib.parse import urlsplit
 import typer
 
 from imgclust.core.fsutil import file_kind, is_image_file, not_regular_reason, write_csv, write_json
-from imgclust.core.images import open_image
+from imgclust.core.image_profile import differences
+from imgclust.core.images import load_array, open_image
 from imgclust.errors import CorruptImageError, InputDataError, ParamError
 from imgclust.tracking import store
+from imgclust.tracking.naming import TRAINING_IMAGES_ARTIFACT
 
-OUTPUT_FIELDS = ("path", "cluster", "cluster_class", "error")
+# cluster_class: the class most represented in the cluster (train images); cluster_class_share: its
+# share there; cluster_classes: every class's share; warnings: how the image differs from the
+# training images (size, mode, pixel statistics)
+OUTPUT_FIELDS = ("path", "cluster", "cluster_class", "cluster_class_share", "cluster_classes", "warnings", "error")
+EMPTY = {"cluster": None, "cluster_class": None, "cluster_class_share": None, "cluster_classes": None, "warnings": None}
 # model URIs resolved against the configured tracking store / registry: loaded without --trust
 STORE_SCHEMES = ("models", "runs")
 
@@ -83,6 +89,33 @@ def check_model_uri(model_uri: str, trust: bool = False) -> None:
     )
 
 
+def image_warnings(path: Path, profile: dict) -> list[str]:
+    """Decode ``path`` (CorruptImageError when it cannot be) and say how it differs from the training
+    images of ``profile`` (none without a profile)."""
+    image = open_image(path)
+    model_input = profile.get("model_input")
+    if not model_input:
+        return []
+    size = (int(model_input["width"]), int(model_input["height"]))
+    array = load_array(path, str(model_input["color_mode"]), size, str(model_input["resample"]))
+    return differences(profile, image.size[0], image.size[1], image.mode, array)
+
+
+def describe_model(model_uri: str) -> str:
+    """Which run a model comes from and the data it was trained on."""
+    run_id = store.model_run_id(model_uri)
+    if not run_id:
+        return f"model {model_uri} (no run in the store: its training data is unknown)"
+    run = store.fetch_run(run_id)
+    data = store.run_dataset(run)
+    trained = (
+        f"trained on dataset {data['name']} (data version {data.get('version', '?')[:12]}, source {data.get('source')})"
+        if data.get("name")
+        else "trained on data it did not record (logged before datasets were)"
+    )
+    return f"model {model_uri} = run {run_id} ({run.info.run_name}), {trained}"
+
+
 def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: bool = False) -> list[dict]:
     """One row per image: cluster id and the class most represented in it, or why it was not read.
 
@@ -95,7 +128,11 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
 
     check_model_uri(model_uri, trust)
     model = store.load_model(model_uri)
-    classes = store.cluster_classes(store.model_run_id(model_uri))
+    run_id = store.model_run_id(model_uri)
+    classes = store.cluster_classes(run_id)
+    shares = store.cluster_class_shares(run_id)
+    profile = store.run_dict(run_id, TRAINING_IMAGES_ARTIFACT)
+    notes: dict[str, list[str]] = {}
     rows: list[dict] = []
     with tqdm(total=len(images), desc="predict", unit="img", disable=None, leave=False) as bar:
         for start in range(0, len(images), batch_size):
@@ -104,19 +141,28 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
             for path in batch:
                 reason = not_a_regular_file(path)
                 if reason:
-                    rows.append({"path": str(path), "cluster": None, "cluster_class": None, "error": reason})
+                    rows.append({"path": str(path), **EMPTY, "error": reason})
                     continue
                 try:
-                    open_image(path)
+                    notes[str(path)] = image_warnings(path, profile)
                     good.append(path)
                 except CorruptImageError as exc:
-                    rows.append({"path": str(path), "cluster": None, "cluster_class": None, "error": str(exc)})
+                    rows.append({"path": str(path), **EMPTY, "error": str(exc)})
             if good:
                 clusters = model.predict(pd.DataFrame({"path": [str(p) for p in good]}))
-                rows += [
-                    {"path": str(p), "cluster": int(c), "cluster_class": classes.get(int(c)), "error": None}
-                    for p, c in zip(good, clusters)
-                ]
+                for path, cluster in zip(good, clusters):
+                    cluster_shares = shares.get(int(cluster), {})
+                    rows.append(
+                        {
+                            "path": str(path),
+                            "cluster": int(cluster),
+                            "cluster_class": classes.get(int(cluster)),
+                            "cluster_class_share": cluster_shares.get(classes.get(int(cluster))),
+                            "cluster_classes": "; ".join(f"{c} {v:.2f}" for c, v in cluster_shares.items()) or None,
+                            "warnings": "; ".join(notes[str(path)]) or None,
+                            "error": None,
+                        }
+                    )
             bar.update(len(batch))
     order = {str(p): i for i, p in enumerate(images)}
     return sorted(rows, key=lambda r: order[r["path"]])
@@ -145,7 +191,9 @@ def command(
     files = collect_images(images, exclude)
     if not files:
         raise InputDataError(f"no image file in {', '.join(map(str, images))}.")
-    rows = predict(model, files, batch_size, trust=trust)
+    rows = predict(model, files, batch_size, trust=trust)  # fails first, and clearly, on a missing model
+    with store.tracking_errors():
+        typer.echo(f"predict: {describe_model(model)}")
     fmt = fmt or (Format.json if output.suffix.lower() == ".json" else Format.csv)
     if fmt is Format.json:
         write_json(output, rows)
@@ -155,5 +203,14 @@ def command(
     typer.echo(f"predict: {len(rows) - len(bad)} image(s) clustered, {len(bad)} unreadable -> {output}")
     for row in bad:
         typer.secho(f"  {row['error']}", err=True, fg=typer.colors.YELLOW)
+    unlike = [r for r in rows if r["warnings"]]
+    if unlike:
+        typer.secho(
+            f"warning: {len(unlike)} of {len(rows) - len(bad)} image(s) differ from the images the model was "
+            f"trained on, so their clusters may mean little (column 'warnings' of {output}); e.g. "
+            f"{unlike[0]['path']}: {unlike[0]['warnings']}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     if len(bad) == len(rows):
         raise typer.Exit(code=2)
