@@ -181,13 +181,27 @@ def run(
     )
     with one_thread():  # a PCA(2) of the features when the model has none: thread-count independent too
         coordinates = plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps)
+    pca = pipeline.named_steps.get("pca")
     plots.plot_scatter(
-        coordinates, clusters, result["labels"], plots_dir / "scatter.png", title="Images in the clustering space"
+        coordinates,
+        clusters,
+        result["labels"],
+        plots_dir / "scatter.png",
+        title="Images in the clustering space (all splits)",
+        axis_labels=plots.scatter_axis_labels(
+            pca is not None, [float(v) for v in getattr(pca, "explained_variance_ratio_", [])]
+        ),
     )
-    thumbs, captions = plots.thumbnails_by_cluster(index, clusters, images, params.evaluate.thumbnails)
+    thumbs, captions, copies = plots.thumbnails_with_copies(index, clusters, images, params.evaluate.thumbnails)
     sizes = {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True))}
     plots.plot_thumbnails(
-        thumbs, plots_dir / "thumbnails.png", captions, title="Sample images per cluster", cluster_sizes=sizes
+        thumbs,
+        plots_dir / "thumbnails.png",
+        captions,
+        title="Sample images per cluster (orange frame: augmented copy; row: copies, majority class share)",
+        cluster_sizes=sizes,
+        row_notes=plots.cluster_notes(index, clusters),
+        copies_by_cluster=copies,
     )
     # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
     write_json(
