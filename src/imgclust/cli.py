@@ -44,6 +44,7 @@ COMMANDS = {
 
 
 # third-party start-up noise kept out of the stage output (read by TensorFlow/absl when first imported)
+THIRD_PARTY_LOG = "logs/tensorflow.log"  # in the project's .imgclust/: TensorFlow's native start-up lines
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR", "GLOG_minloglevel": "2"}
 
 
@@ -56,6 +57,10 @@ def _exits_cleanly(func, stage: str | None = None):
             os.environ.setdefault(name, value)
         try:
             config.apply_local_settings()
+            if stage or func.__module__.endswith(".predict"):
+                from imgclust.core.quiet import divert_tensorflow_import
+
+                divert_tensorflow_import(config.local_dir() / THIRD_PARTY_LOG)
             result = func(*args, **kwargs)
         except ImgclustError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)

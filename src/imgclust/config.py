@@ -350,6 +350,11 @@ def _project_root() -> Path:
     return next((folder for folder in (here, *here.parents) if (folder / "dvc.yaml").exists()), here)
 
 
+def local_dir() -> Path:
+    """The project's git-ignored folder of per-checkout files (settings, timings, logs)."""
+    return _project_root() / LOCAL_SETTINGS.parent
+
+
 def apply_local_settings(root: Path | None = None) -> dict[str, str]:
     """Set the environment variables named in ``.imgclust/local.yaml`` (``keras_home: PATH``,
     relative to the project root) that the environment does not set already; return those set.

@@ -10,7 +10,7 @@ import numpy as np
 import typer
 
 from imgclust import config
-from imgclust.core import image_profile, plots, stage_log
+from imgclust.core import image_profile, plots, progress, stage_log
 from imgclust.core.clustering import evaluate_model, one_thread
 from imgclust.core.feature_store import load_features
 from imgclust.core.fsutil import read_csv, write_csv, write_json
@@ -164,6 +164,8 @@ def run(
 
     if not model_path.is_file():
         raise InputDataError(f"{model_path}: not found; run the train stage (dvc repro train).")
+    steps = progress.Steps("evaluate", 4 if mlflow_log else 2)
+    steps.step("score")
     pipeline = joblib.load(model_path)
     features, index, meta = load_features(features_dir)
     result = evaluate_model(pipeline, features, index)
@@ -171,6 +173,7 @@ def run(
     warnings = metric_warnings(result)
     clusters = result["clusters"]
     # plots first: should one fail, metrics.json and predictions.csv still hold the last good run's
+    steps.step("plots")
     test_rows = result["splits"] == "test"
     shown = test_rows if test_rows.any() else np.ones(len(index), bool)
     plots.plot_contingency(
@@ -217,7 +220,9 @@ def run(
         PREDICTION_FIELDS,
     )
     if not mlflow_log:
+        steps.close()
         return {"metrics": metrics, "warnings": warnings}
+    steps.step("profile the training images")
 
     summary = {"features": meta, "reports": {}, "metric_warnings": warnings}
     for report in reports:
@@ -239,6 +244,8 @@ def run(
     run_params = logged_params(params, LOCK_FILE)
     dataset = runs.dataset_of(LOCK_FILE)
     # the stages DVC ran for this pipeline run (side file), and this one up to now
+    profile = training_images(index, images, raw_manifest, meta, params.resize.resample)
+    steps.step("log the run and its models to MLflow")
     timings = {**stage_log.read(), "evaluate": stage_log.measure("evaluate")}
     info = runs.log_run(
         experiment=params.mlflow.experiment_name,
@@ -249,7 +256,7 @@ def run(
         dataset_profiles=dataset_profiles(index, meta),
         extra_dicts={
             naming.CLUSTER_SHARES_ARTIFACT: cluster_class_shares(result),
-            naming.TRAINING_IMAGES_ARTIFACT: training_images(index, images, raw_manifest, meta, params.resize.resample),
+            naming.TRAINING_IMAGES_ARTIFACT: profile,
         },
         tags=tags,
         artifacts=[plots_dir, metrics_path, predictions_path],
@@ -262,6 +269,7 @@ def run(
     )
     write_json(run_info, info)
     stage_log.consume()
+    steps.close()
     return {"metrics": metrics, "warnings": warnings, "run": info, "run_name": describe_run(run_params, dataset)}
 
 
