@@ -13,14 +13,16 @@ import time
 
 class Steps:
     """``step(label)`` as each of ``total`` steps starts, ``close()`` at the end. On a terminal a
-    tqdm bar (removed when closed), elsewhere ``name: [i/n] label (seconds so far)`` lines, on stderr."""
+    tqdm bar on stderr (removed when closed), elsewhere ``name: [i/n] label (seconds so far)`` lines
+    on stdout, with the stage's other output (stderr keeps errors and warnings only)."""
 
-    def __init__(self, name: str, total: int, stream=None):
+    def __init__(self, name: str, total: int):
         self.name, self.total, self.count = name, total, 0
-        self.stream = stream or sys.stderr
         self.started = time.perf_counter()
         self.bar = None
-        if self.stream.isatty():
+        self.stream = sys.stdout
+        if sys.stderr.isatty():
+            self.stream = sys.stderr
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=name, unit="step", leave=False, file=self.stream)
