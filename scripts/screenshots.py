@@ -5,8 +5,9 @@ run's page, taken with headless Chromium. Not run in CI (needs Chromium: apt-get
     python scripts/screenshots.py --project . --out /tmp/shots
 
 Starts `mlflow ui` on the project's store (mlruns/mlflow.db) on a free port of 127.0.0.1, finds the
-experiment and its latest pipeline run through the REST API, saves runs.png, run.png (and
-run_metrics.png, the run's model metrics tab) and stops the server.
+experiment and its latest pipeline run through the REST API, saves first_visit.png (the experiment
+as a first visit opens it), runs.png (the training runs), run.png and run_metrics.png (the latest
+run's overview and metrics) and stops the server.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+TRAINING = "workflowType=machine_learning"  # the UI's "Model training" mode
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -118,12 +120,16 @@ def main() -> None:
                 "max_results": 1,
             },
         ).get("runs", [])
-        shoot(chromium, f"{url}/#/experiments/{experiment_id}", args.out / "runs.png", args.size, args.wait_ms)
+        # MLflow 3.17's UI opens in its GenAI mode unless told (a per-browser setting; the URL's
+        # workflowType sets it, as clicking "Model training" once does)
+        shoot(chromium, f"{url}/#/experiments/{experiment_id}", args.out / "first_visit.png", args.size, args.wait_ms)
+        runs_list = f"{url}/#/experiments/{experiment_id}/runs?{TRAINING}"
+        shoot(chromium, runs_list, args.out / "runs.png", args.size, args.wait_ms)
         if runs:
             run_id = runs[0]["info"]["run_id"]
             page = f"{url}/#/experiments/{experiment_id}/runs/{run_id}"
-            shoot(chromium, page, args.out / "run.png", args.size.split(",")[0] + ",1800", args.wait_ms)
-            shoot(chromium, f"{page}/model-metrics", args.out / "run_metrics.png", args.size, args.wait_ms)
+            shoot(chromium, f"{page}?{TRAINING}", args.out / "run.png", args.size.split(",")[0] + ",1800", args.wait_ms)
+            shoot(chromium, f"{page}/model-metrics?{TRAINING}", args.out / "run_metrics.png", args.size, args.wait_ms)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -247,3 +247,22 @@ def test_project_factory_carries_the_template():
 
     assert ".dvc/plots/offline.html" in PROJECT_FILES
     assert yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["evaluate"]["deps"].count("data/manifests/raw.csv")
+
+
+def test_run_description_states_data_scores_and_time():
+    text = naming.run_description(
+        "busi | pixels | k=3 | honest",
+        {"name": "busi", "version": "abc.dir", "source": "../busi"},
+        {"train": {"images": 54, "augmented_copies": 22}, "test": {"images": 4, "augmented_copies": 0}},
+        {"test_ari": 0.33333, "train_ari": 0.07, "time/total_s": 19.77, "memory/peak_mb": 255.2},
+    )
+    assert text.splitlines()[0] == "**busi | pixels | k=3 | honest**"
+    for part in (
+        "`../busi`",
+        "`abc.dir`",
+        "54 train images (22 augmented copies)",
+        "test ARI 0.333",
+        "19.8 s",
+        "255 MiB",
+    ):
+        assert part in text

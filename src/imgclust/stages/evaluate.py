@@ -247,13 +247,17 @@ def run(
     profile = training_images(index, images, raw_manifest, meta, params.resize.resample)
     steps.step("log the run and its models to MLflow")
     timings = {**stage_log.read(), "evaluate": stage_log.measure("evaluate")}
+    run_metrics = {**naming.split_metrics(metrics), **naming.stage_metrics(timings)}
+    profiles = dataset_profiles(index, meta)
+    name = describe_run(run_params, dataset)
+    tags[naming.RUN_DESCRIPTION_TAG] = naming.run_description(name, dataset, profiles, run_metrics)
     info = runs.log_run(
         experiment=params.mlflow.experiment_name,
         params=run_params,
-        metrics={**naming.split_metrics(metrics), **naming.stage_metrics(timings)},
-        run_name=describe_run(run_params, dataset),
+        metrics=run_metrics,
+        run_name=name,
         dataset=dataset,
-        dataset_profiles=dataset_profiles(index, meta),
+        dataset_profiles=profiles,
         extra_dicts={
             naming.CLUSTER_SHARES_ARTIFACT: cluster_class_shares(result),
             naming.TRAINING_IMAGES_ARTIFACT: profile,
@@ -270,7 +274,7 @@ def run(
     write_json(run_info, info)
     stage_log.consume()
     steps.close()
-    return {"metrics": metrics, "warnings": warnings, "run": info, "run_name": describe_run(run_params, dataset)}
+    return {"metrics": metrics, "warnings": warnings, "run": info, "run_name": name}
 
 
 def command(

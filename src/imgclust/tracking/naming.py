@@ -200,6 +200,33 @@ def run_name(dataset: str | None, features: str, k: object, protocol: str | None
     return " | ".join(p for p in parts if p)
 
 
+RUN_DESCRIPTION_TAG = "mlflow.note.content"  # the run page's Description
+
+
+def run_description(name: str, dataset: dict | None, profiles: dict[str, dict], metrics: dict[str, float]) -> str:
+    """The run page's description: what ran on which data, its headline scores and its time."""
+    lines = [f"**{name}**"]
+    if dataset:
+        lines.append(f"Data: `{dataset['source']}`, data version `{dataset['version']}`.")
+    counts = ", ".join(
+        f"{p['images']} {context} images ({p['augmented_copies']} augmented copies)" for context, p in profiles.items()
+    )
+    if counts:
+        lines.append(counts + ".")
+    scores = [
+        f"{label} {metrics[key]:.3f}"
+        for label, key in (("test ARI", "test_ari"), ("train ARI", "train_ari"))
+        if key in metrics
+    ]
+    if scores:
+        lines.append(", ".join(scores) + " (1 = the classes exactly, 0 = chance).")
+    if TOTAL_TIME_METRIC in metrics:
+        lines.append(
+            f"Stages run: {metrics[TOTAL_TIME_METRIC]:.1f} s, peak memory {metrics[TOTAL_MEMORY_METRIC]:.0f} MiB."
+        )
+    return "\n\n".join(lines)[:TAG_VALUE_LIMIT]
+
+
 def stage_metrics(records: dict[str, dict]) -> dict[str, float]:
     """stage -> {wall_s, peak_mb} as metrics, with the total time and the highest peak."""
     metrics: dict[str, float] = {}
