@@ -1,6 +1,6 @@
 """What users see of a run without MLflow or DVC running: run and dataset names, the stage timing
 side file, the training-image checks of predict, the per-checkout settings, the plots' new labels
-and the offline page template of `dvc plots show`. The MLflow and DVC side: tests/system/test_views.py."""
+and the offline page template of `dvc plots show`. The MLflow and DVC side: tests/system/test_views_dvc.py."""
 
 from __future__ import annotations
 
