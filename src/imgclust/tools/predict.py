@@ -106,7 +106,10 @@ def describe_model(model_uri: str) -> str:
     run_id = store.model_run_id(model_uri)
     if not run_id:
         return f"model {model_uri} (no run in the store: its training data is unknown)"
-    run = store.fetch_run(run_id)
+    try:
+        run = store.fetch_run(run_id)
+    except ParamError:  # a model whose run is not in this store (copied, or the run deleted)
+        return f"model {model_uri} (run {run_id} is not in the store: its training data is unknown)"
     data = store.run_dataset(run)
     trained = (
         f"trained on dataset {data['name']} (data version {data.get('version', '?')[:12]}, source {data.get('source')})"
