@@ -23,10 +23,10 @@ from imgclust.tracking.naming import (
 # column title -> MLflow field of search_runs' DataFrame
 COLUMNS = {
     "run": "run_id",
-    "dataset": f"tags.{DATASET_TAG}",
-    "data_version": f"tags.{DATA_VERSION_TAG}",
     "started_utc": "start_time",
     "dvc_exp": f"tags.{DVC_ENV_TAGS['DVC_EXP_NAME']}",
+    "dataset": f"tags.{DATASET_TAG}",
+    "data_version": f"tags.{DATA_VERSION_TAG}",
     "method": param_column("featurize.method"),
     "backbone": param_column("featurize.cnn.backbone"),
     "protocol": param_column("protocol"),
