@@ -227,6 +227,11 @@ def postgres_server(workdir: Path, database: str = "mlflow", timeout: float = 60
         # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; the driver installed is psycopg2
         yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/{database}"
     finally:
+        # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for every client to disconnect)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
         stop_group(proc)
         shutil.rmtree(cluster, ignore_errors=True)
 
