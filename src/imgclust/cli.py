@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
 
 import typer
 
@@ -42,14 +43,34 @@ COMMANDS = {
 }
 
 
-def _exits_cleanly(func):
+# third-party start-up noise kept out of the stage output (read by TensorFlow/absl when first imported)
+THIRD_PARTY_LOG = "logs/tensorflow.log"  # in the project's .imgclust/: TensorFlow's native start-up lines
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR", "GLOG_minloglevel": "2"}
+
+
+def _exits_cleanly(func, stage: str | None = None):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from imgclust import config
+
+        for name, value in QUIET_ENV.items():
+            os.environ.setdefault(name, value)
         try:
-            return func(*args, **kwargs)
+            config.apply_local_settings()
+            if stage or func.__module__.endswith(".predict"):
+                from imgclust.core.quiet import divert_tensorflow_import
+
+                divert_tensorflow_import(config.local_dir() / THIRD_PARTY_LOG)
+            result = func(*args, **kwargs)
         except ImgclustError as exc:
             typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
             raise typer.Exit(code=2) from exc
+        # evaluate logs its own figures with the run (it is not finished when it logs them)
+        if stage and stage != "evaluate" and os.environ.get("DVC_STAGE"):
+            from imgclust.core import stage_log
+
+            stage_log.append(stage_log.measure(stage))
+        return result
 
     return wrapper
 
@@ -57,7 +78,8 @@ def _exits_cleanly(func):
 def _register() -> None:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        app.command(name, help=module.__doc__)(_exits_cleanly(module.command))
+        stage = module_name.rsplit(".", 1)[1] if ".stages." in module_name else None
+        app.command(name, help=module.__doc__)(_exits_cleanly(module.command, stage))
 
 
 _register()

@@ -394,3 +394,52 @@ def experiment_name(path: Path = PARAMS_FILE) -> str | None:
     """``mlflow.experiment_name`` of the project's params.yaml, None outside a project (tools then
     use the default experiment)."""
     return load(("mlflow.experiment_name",), path).mlflow.experiment_name if Path(path).is_file() else None
+
+
+# Per-checkout settings that are no parameters (they do not change results, only where things are
+# found): a git-ignored YAML file at the project root, so a fresh clone needs no shell exports.
+LOCAL_SETTINGS = Path(".imgclust") / "local.yaml"
+LOCAL_SETTINGS_ENV = {"keras_home": "KERAS_HOME"}  # setting -> environment variable it provides
+
+
+def _project_root() -> Path:
+    """``DVC_ROOT`` under DVC (also for experiments run in a temporary copy), else the nearest folder
+    holding dvc.yaml, else the current one."""
+    import os
+
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    here = Path.cwd().resolve()
+    return next((folder for folder in (here, *here.parents) if (folder / "dvc.yaml").exists()), here)
+
+
+def local_dir() -> Path:
+    """The project's git-ignored folder of per-checkout files (settings, timings, logs)."""
+    return _project_root() / LOCAL_SETTINGS.parent
+
+
+def apply_local_settings(root: Path | None = None) -> dict[str, str]:
+    """Set the environment variables named in ``.imgclust/local.yaml`` (``keras_home: PATH``,
+    relative to the project root) that the environment does not set already; return those set.
+    Called before every command, before TensorFlow or Keras is imported."""
+    import os
+
+    root = _project_root() if root is None else Path(root)
+    path = root / LOCAL_SETTINGS
+    if not path.is_file():
+        return {}
+    settings = read(path) or {}
+    if not isinstance(settings, dict):
+        raise ParamError(f"{path}: must be a mapping such as 'keras_home: ../keras', got {settings!r}.")
+    unknown = sorted(set(settings) - set(LOCAL_SETTINGS_ENV))
+    if unknown:
+        raise ParamError(
+            f"{path}: unknown setting(s) {', '.join(unknown)}.{did_you_mean(unknown[0], list(LOCAL_SETTINGS_ENV))} "
+            f"Known: {', '.join(LOCAL_SETTINGS_ENV)}."
+        )
+    applied = {}
+    for key, variable in LOCAL_SETTINGS_ENV.items():
+        if settings.get(key) and not os.environ.get(variable):
+            value = str((root / Path(str(settings[key])).expanduser()).resolve())
+            os.environ[variable] = applied[variable] = value
+    return applied

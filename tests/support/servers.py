@@ -144,3 +144,115 @@ def stop_group(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, 0)
             time.sleep(0.2)
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+POSTGRES_BIN = Path("/usr/local/bin")  # initdb, postgres (Debian's PostgreSQL build)
+
+
+def postgres_binaries() -> Path | None:
+    """The folder holding initdb and postgres: POSTGRES_BIN, else the one of ``postgres`` on PATH."""
+    import shutil
+
+    for folder in (POSTGRES_BIN, *(Path(p).parent for p in [shutil.which("postgres")] if p)):
+        if (folder / "initdb").is_file() and (folder / "postgres").is_file():
+            return folder
+    return None
+
+
+@contextlib.contextmanager
+def postgres_server(workdir: Path, database: str = "mlflow", timeout: float = 60):
+    """A throwaway PostgreSQL cluster on a free port of 127.0.0.1 (trust
+    authentication, fsync off), with ``database`` created; yields its SQLAlchemy URI. PostgreSQL
+    refuses to run as root: as root, the cluster belongs to and runs as the ``postgres`` user."""
+    import pwd
+
+    import psycopg2
+
+    binaries = postgres_binaries()
+    if binaries is None:
+        raise AssertionError("no initdb/postgres binaries")
+    import shutil
+    import tempfile
+
+    # its own folder straight under the temporary root: pytest's folders are private to root, and
+    # the postgres user must reach the cluster's
+    cluster = Path(tempfile.mkdtemp(prefix="imgclust-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "postgres", "--"]
+        owner = pwd.getpwnam("postgres")
+        os.chown(cluster, owner.pw_uid, owner.pw_gid)
+    data = cluster / "data"
+    initdb = [str(binaries / "initdb"), "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync"]
+    init = subprocess.run([*as_user, *initdb], capture_output=True, text=True)
+    if init.returncode != 0:
+        shutil.rmtree(cluster, ignore_errors=True)
+        raise AssertionError(f"initdb failed ({init.returncode}):\n{init.stdout[-2000:]}\n{init.stderr[-2000:]}")
+    port = free_port()
+    args = [
+        *as_user,
+        str(binaries / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-k",
+        str(cluster),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+        "-c",
+        "full_page_writes=off",
+    ]
+    log = workdir / "postgres.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"postgres exited with {proc.returncode}:\n{log_tail(log)}")
+            try:
+                connection = psycopg2.connect(host="127.0.0.1", port=port, user="mlflow", dbname="postgres")
+                break
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"postgres not ready after {timeout} s:\n{log_tail(log)}") from None
+                time.sleep(0.2)
+        connection.autocommit = True
+        with connection.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {database}")
+        connection.close()
+        # SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; the driver installed is psycopg2
+        yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/{database}"
+    finally:
+        # SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for every client to disconnect)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        stop_group(proc)
+        shutil.rmtree(cluster, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def moto_s3(workdir: Path, bucket: str):
+    """moto's S3 server on a free port of 127.0.0.1 with ``bucket``; yields the environment a
+    client needs (endpoint, test credentials, region)."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = tool("moto_server")
+    args = [moto] if Path(moto).is_absolute() else [sys.executable, "-m", "moto.server"]
+    with server_process(
+        [*args, "-H", "127.0.0.1", "-p", str(port)], ready_url=f"{endpoint}/moto-api/", log=workdir / "moto.log"
+    ):
+        s3_env = {
+            "MLFLOW_S3_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        status, body = http(f"{endpoint}/{bucket}", method="PUT")
+        assert status == 200, body[:300]
+        yield s3_env

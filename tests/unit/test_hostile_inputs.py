@@ -24,7 +24,7 @@ from PIL import Image
 from imgclust.core import feature_store
 from imgclust.core.feature_store import FEATURES_FILE, FeatureStoreWriter, load_features
 from imgclust.core.fsutil import read_csv, write_csv
-from imgclust.errors import OutputWriteError, TrackingError
+from imgclust.errors import OutputWriteError, ParamError, TrackingError
 from imgclust.stages.ingest import scan_source, survey_source
 from imgclust.tools import predict as predict_tool
 from imgclust.tracking import runs, store
@@ -198,6 +198,14 @@ def fake_store(monkeypatch):
     monkeypatch.setattr(store, "load_model", lambda uri: model)
     monkeypatch.setattr(store, "model_run_id", lambda uri: "r1")
     monkeypatch.setattr(store, "cluster_classes", lambda run_id: {0: "benign"})
+    # the run's other records: none (no store is opened, so none is created in the working folder)
+    monkeypatch.setattr(store, "cluster_class_shares", lambda run_id: {})
+    monkeypatch.setattr(store, "run_dict", lambda run_id, artifact: {})
+
+    def no_run(run_id):
+        raise ParamError(f"no run {run_id!r}")
+
+    monkeypatch.setattr(store, "fetch_run", no_run)
     return model
 
 

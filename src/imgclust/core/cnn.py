@@ -188,8 +188,10 @@ def _unavailable_message(backbone: str, alpha: float, fname: str | None, url: st
         f"ImageNet weights for {backbone_label(backbone, alpha)} are not available: Keras looked for {what} in "
         f"{cache}{home_note} and could not download it"
         f"{f' from {url}' if url else ''} ({type(exc).__name__}: {str(exc).strip()[:300]}). "
-        f"Fix: put {what} into {cache}; or set the KERAS_HOME environment variable (before imgclust starts) "
-        f"to a Keras home whose models/ folder holds it; or set featurize.cnn.weights to the path of a "
+        f"Fix: put {what} into {cache}; or name a Keras home whose models/ folder holds it, once per "
+        f"checkout, in the git-ignored .imgclust/local.yaml of the project (keras_home: PATH; read by every "
+        f"imgclust command, also under dvc exp run) or in the KERAS_HOME environment variable (before imgclust "
+        f"starts); or set featurize.cnn.weights to the path of a "
         f"weights file for this backbone (or 'none' for random weights)."
     )
 

@@ -57,6 +57,22 @@ def _save(fig, path: Path) -> None:
         plt.close(fig)
 
 
+# class colours come from other palettes than cluster colours, so cluster 0 and the first class
+# are never the same blue: the two panels are not to be read as one colour key
+_CLASS_PALETTES = ((8, "Dark2"), (12, "Set3"))
+
+
+def _class_palette(n: int) -> list:
+    import matplotlib
+
+    for size, name in _CLASS_PALETTES:
+        if n <= size:
+            cmap = matplotlib.colormaps[name]
+            return [cmap(i) for i in range(n)]
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
 def _palette(n: int) -> list:
     """n distinct colours: tab10 / tab20 when they suffice, else evenly spaced on a colormap."""
     import matplotlib
@@ -120,8 +136,10 @@ def plot_scatter(
     labels: Sequence[str],
     path: Path,
     title: str = "2-D embedding",
+    axis_labels: tuple[str, str] = ("dimension 1", "dimension 2"),
 ) -> None:
-    """Two panels side by side: points coloured by cluster id (left) and by true class (right)."""
+    """Two panels side by side: points coloured by cluster id (left, one palette) and by true class
+    (right, another palette), each legend outside its axes; ``axis_labels`` name the projection."""
     plt = _pyplot()
     xy = np.asarray(embedding_2d, dtype=float)
     c = np.asarray(clusters).reshape(-1)
@@ -133,13 +151,13 @@ def plot_scatter(
     n = xy.shape[0]
     size = float(np.clip(3000.0 / max(n, 1), 2.0, 30.0))
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5.2), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), sharex=True, sharey=True)
     panels = (
-        (axes[0], c, [int(k) for k in np.unique(c)], "cluster", "coloured by cluster"),
-        (axes[1], lab, sorted(set(lab.tolist())), "class", "coloured by true class"),
+        (axes[0], c, [int(k) for k in np.unique(c)], "cluster", "coloured by cluster", _palette),
+        (axes[1], lab, sorted(set(lab.tolist())), "class", "coloured by true class", _class_palette),
     )
-    for ax, groups, keys, legend_title, subtitle in panels:
-        colours = _palette(len(keys))
+    for ax, groups, keys, legend_title, subtitle, palette in panels:
+        colours = palette(len(keys))
         for key, colour in zip(keys, colours):
             mask = groups == key
             ax.scatter(
@@ -152,19 +170,21 @@ def plot_scatter(
                 label=f"{key} (n={int(mask.sum())})",
             )
         ax.set_title(subtitle)
-        ax.set_xlabel("dimension 1")
-        ax.set_ylabel("dimension 2")
+        ax.set_xlabel(axis_labels[0])
+        ax.set_ylabel(axis_labels[1])
+        ax.tick_params(labelleft=True)
         if keys:
             ax.legend(
                 title=legend_title,
-                loc="upper center",
-                bbox_to_anchor=(0.5, -0.12),
-                ncol=min(len(keys), 5),
+                loc="upper left",
+                bbox_to_anchor=(1.01, 1.0),
+                ncol=1 if len(keys) <= 16 else 2,
                 fontsize=8,
                 markerscale=max(1.0, 20.0 / size) ** 0.5,
                 frameon=False,
             )
     fig.suptitle(title)
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -187,6 +207,8 @@ def plot_thumbnails(
     title: str = "Example images per cluster",
     *,
     cluster_sizes: dict[int, int] | None = None,
+    row_notes: dict[int, str] | None = None,
+    copies_by_cluster: dict[int, list[bool]] | None = None,
 ) -> None:
     """Grid with one row per cluster (sorted by id) and its thumbnails left to right.
 
@@ -194,6 +216,8 @@ def plot_thumbnails(
     ``cluster k (n=...)`` where n is ``cluster_sizes[k]`` if given, else the number of images
     passed for that cluster. ``labels_by_cluster`` adds the true class under each thumbnail.
     Cells beyond a row's images (or a whole row, for a cluster with no images) stay blank.
+    ``row_notes`` adds lines under a row's label (its copies, its majority class); thumbnails marked
+    True in ``copies_by_cluster`` (augmented copies) get an orange frame.
     """
     plt = _pyplot()
     keys = sorted(images_by_cluster)
@@ -224,9 +248,23 @@ def plot_thumbnails(
         imgs = prepared[k]
         captions = list(labels_by_cluster.get(k) or [])
         n = int(cluster_sizes.get(k, len(imgs)))
-        axes[r, 0].set_ylabel(f"cluster {k}\n(n={n})", rotation=0, ha="right", va="center", fontsize=9, labelpad=8)
+        note = (row_notes or {}).get(k)
+        axes[r, 0].set_ylabel(
+            f"cluster {k}\n(n={n})" + (f"\n{note}" if note else ""),
+            rotation=0,
+            ha="right",
+            va="center",
+            fontsize=9 if not note else 8,
+            labelpad=8,
+        )
+        marks = list((copies_by_cluster or {}).get(k) or [])
         for col, img in enumerate(imgs):
             ax = axes[r, col]
+            if col < len(marks) and marks[col]:
+                for spine in ax.spines.values():
+                    spine.set_visible(True)
+                    spine.set_edgecolor("tab:orange")
+                    spine.set_linewidth(2.5)
             if img.ndim == 2:
                 ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             else:
@@ -252,8 +290,10 @@ def plot_k_scan(
     ari: Sequence[float] | None,
     path: Path,
     title: str = "K-means scan over k",
+    split: str = "train",
 ) -> None:
-    """Left panel: inertia vs k (elbow). Right panel: silhouette, and ARI if given, vs k."""
+    """Left panel: inertia vs k (elbow). Right panel: silhouette, and ARI if given, vs k; every
+    score is of the ``split`` images, which the panels say."""
     plt = _pyplot()
     k = np.asarray([int(v) for v in ks])
     n = k.size
@@ -269,15 +309,15 @@ def plot_k_scan(
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     ax1.plot(k, inert, marker="o", color="tab:blue")
-    ax1.set_title("inertia (elbow)")
+    ax1.set_title(f"inertia (elbow), {split} images")
     ax1.set_xlabel("k (number of clusters)")
     ax1.set_ylabel("inertia (within-cluster sum of squares)")
     ax1.grid(True, alpha=0.3)
 
-    ax2.plot(k, sil, marker="o", color="tab:orange", label="silhouette")
+    ax2.plot(k, sil, marker="o", color="tab:orange", label=f"silhouette ({split} images)")
     if ar is not None:
-        ax2.plot(k, ar, marker="s", color="tab:green", label="ARI vs true classes")
-    ax2.set_title("silhouette" + (" and ARI" if ar is not None else ""))
+        ax2.plot(k, ar, marker="s", color="tab:green", label=f"ARI vs true classes ({split} images)")
+    ax2.set_title("silhouette" + (" and ARI" if ar is not None else "") + f", {split} images")
     ax2.set_xlabel("k (number of clusters)")
     ax2.set_ylabel("score")
     ax2.grid(True, alpha=0.3)
@@ -291,6 +331,33 @@ def plot_k_scan(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(title)
     _save(fig, path)
+
+
+def scatter_axis_labels(has_pca: bool, variance_ratio: Sequence[float] | None = None) -> tuple[str, str]:
+    """What the scatter's axes are: the model's first two principal components (with the share of
+    variance each explains, when known), or those of a PCA(2) of the features."""
+    if not has_pca:
+        return ("PC 1 of a PCA(2) of the features", "PC 2 of a PCA(2) of the features")
+    shares = [f" ({v:.0%} of variance)" for v in (variance_ratio or [])[:2]] or ["", ""]
+    return (f"PC 1 of the model's PCA{shares[0]}", f"PC 2 of the model's PCA{shares[1]}")
+
+
+def cluster_notes(index: list[dict], clusters: np.ndarray) -> dict[int, str]:
+    """Per cluster: how many members are augmented copies (and of which op) and the share of its
+    majority class, so a cluster made of copies (an orientation cluster) shows as such."""
+    from collections import Counter
+
+    notes = {}
+    for cluster in sorted(set(clusters.tolist())):
+        rows = [index[i] for i in np.flatnonzero(clusters == cluster)]
+        ops = Counter(r["op"] for r in rows if r["op"] != "none")
+        classes = Counter(r["class"] for r in rows)
+        top, n_top = min(classes.items(), key=lambda item: (-item[1], item[0]))
+        copies = sum(ops.values())
+        op_text = ", ".join(f"{op} {n}" for op, n in sorted(ops.items(), key=lambda item: (-item[1], item[0]))[:2])
+        lines = [f"{copies} copies" + (f": {op_text}" if op_text else ""), f"majority {top} {n_top / len(rows):.0%}"]
+        notes[cluster] = "\n".join(lines)
+    return notes
 
 
 def scatter_coordinates(embedding: np.ndarray, has_pca: bool) -> np.ndarray:
@@ -307,11 +374,20 @@ def thumbnails_by_cluster(
 ) -> tuple[dict[int, list[np.ndarray]], dict[int, list[str]]]:
     """Up to ``per_cluster`` images of each cluster (originals first; a cluster made only of
     augmented copies shows those, captioned with the op) and their captions."""
+    images, captions, _ = thumbnails_with_copies(index, clusters, image_dir, per_cluster, seed)
+    return images, captions
+
+
+def thumbnails_with_copies(
+    index: list[dict], clusters: np.ndarray, image_dir: Path, per_cluster: int, seed: int = 0
+) -> tuple[dict[int, list[np.ndarray]], dict[int, list[str]], dict[int, list[bool]]]:
+    """``thumbnails_by_cluster`` and, per thumbnail, whether it is an augmented copy."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     images: dict[int, list[np.ndarray]] = {}
     captions: dict[int, list[str]] = {}
+    copies: dict[int, list[bool]] = {}
     originals = np.array([row["op"] == "none" for row in index])
     for cluster in sorted(set(clusters.tolist())):
         chosen = []
@@ -325,4 +401,5 @@ def thumbnails_by_cluster(
         captions[cluster] = [
             index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})") for i in chosen
         ]
-    return images, captions
+        copies[cluster] = [index[i]["op"] != "none" for i in chosen]
+    return images, captions, copies

@@ -10,10 +10,10 @@ import numpy as np
 import typer
 
 from imgclust import config
-from imgclust.core import plots
+from imgclust.core import image_profile, plots, progress, stage_log
 from imgclust.core.clustering import evaluate_model, one_thread
 from imgclust.core.feature_store import load_features
-from imgclust.core.fsutil import write_csv, write_json
+from imgclust.core.fsutil import read_csv, write_csv, write_json
 from imgclust.core.metrics import cluster_class_mapping
 from imgclust.errors import InputDataError
 from imgclust.tracking import naming, runs
@@ -23,6 +23,7 @@ PARAMS = ("evaluate", "mlflow", "resize.resample")
 
 PREDICTION_FIELDS = ("file", "class", "split", "op", "cluster")
 LOCK_FILE = Path("dvc.lock")
+PROFILE_IMAGES = 5000  # at most this many originals are read for the training-image profile
 # MLflow tag of a run whose metrics are undefined or trivial (one class, one cluster): its warnings
 
 
@@ -72,6 +73,68 @@ def cluster_classes(result: dict) -> dict[str, str]:
     return {str(cluster): cls for cluster, cls in mapping.items()}
 
 
+def cluster_class_shares(result: dict) -> dict[str, dict[str, float]]:
+    """Each cluster's share of every class among its TRAIN rows, largest first (JSON keys are strings)."""
+    train = result["splits"] == "train"
+    clusters, labels = result["clusters"][train], result["labels"][train]
+    shares = {}
+    for cluster in sorted(set(clusters.tolist())):
+        classes, counts = np.unique(labels[clusters == cluster], return_counts=True)
+        order = sorted(zip(classes.tolist(), counts.tolist()), key=lambda item: (-item[1], item[0]))
+        shares[str(cluster)] = {cls: round(n / counts.sum(), 4) for cls, n in order}
+    return shares
+
+
+def dataset_profiles(index: list[dict], meta: dict) -> dict[str, dict]:
+    """The profile of each dataset input (train, test): images per class, originals and copies."""
+    profiles = {}
+    for context in naming.DATASET_CONTEXTS:
+        rows = [r for r in index if r["split"] == context]
+        if not rows:
+            continue
+        per_class: dict[str, int] = {}
+        for r in rows:
+            per_class[r["class"]] = per_class.get(r["class"], 0) + 1
+        copies = sum(r["op"] != "none" for r in rows)
+        profiles[context] = {
+            "images": len(rows),
+            "originals": len(rows) - copies,
+            "augmented_copies": copies,
+            "images_per_class": dict(sorted(per_class.items())),
+            "image_shape": meta["image_shape"],
+            "color_mode": meta["color_mode"],
+        }
+    return profiles
+
+
+def training_images(
+    index: list[dict], images: Path, raw_manifest: Path | None, meta: dict, resample: str
+) -> dict[str, object]:
+    """``image_profile.training_profile`` of the original images (no augmented copies), for predict."""
+    from PIL import Image
+
+    originals = [r for r in index if r["op"] == "none"]
+    originals = originals[:: -(-len(originals) // PROFILE_IMAGES)]  # an even sample of a large set
+    arrays = [np.asarray(Image.open(images / r["file"])) for r in originals]
+    used = {r["source"] for r in originals}
+    raw_rows = [r for r in read_csv(raw_manifest) if r["path"] in used] if raw_manifest else []
+    height, width = meta["image_shape"][:2]
+    model_input = {"width": width, "height": height, "color_mode": meta["color_mode"], "resample": resample}
+    return image_profile.training_profile(arrays, raw_rows, model_input)
+
+
+def describe_run(params: dict, dataset: dict | None) -> str:
+    """The run's name from what dvc.lock recorded (see ``naming.run_name``)."""
+    featurize = params.get("featurize", {})
+    cnn = featurize.get("cnn", {})
+    return naming.run_name(
+        dataset["name"] if dataset else None,
+        naming.features_label(featurize.get("method", "?"), cnn.get("backbone"), cnn.get("alpha")),
+        params.get("train", {}).get("kmeans", {}).get("n_clusters"),
+        params.get("protocol"),
+    )
+
+
 def own_params(params: config.PipelineParams) -> dict:
     """The keys this stage reads (dvc.yaml lists exactly these)."""
     return {
@@ -100,12 +163,15 @@ def run(
     reports: list[Path],
     params: config.PipelineParams,
     mlflow_log: bool = True,
+    raw_manifest: Path | None = None,
 ) -> dict:
     """Write metrics, predictions and plots; log the run to MLflow and write its id to ``run_info``."""
     import joblib
 
     if not model_path.is_file():
         raise InputDataError(f"{model_path}: not found; run the train stage (dvc repro train).")
+    steps = progress.Steps("evaluate", 4 if mlflow_log else 2)
+    steps.step("score")
     pipeline = joblib.load(model_path)
     features, index, meta = load_features(features_dir)
     result = evaluate_model(pipeline, features, index)
@@ -113,6 +179,7 @@ def run(
     warnings = metric_warnings(result)
     clusters = result["clusters"]
     # plots first: should one fail, metrics.json and predictions.csv still hold the last good run's
+    steps.step("plots")
     test_rows = result["splits"] == "test"
     shown = test_rows if test_rows.any() else np.ones(len(index), bool)
     plots.plot_contingency(
@@ -123,13 +190,27 @@ def run(
     )
     with one_thread():  # a PCA(2) of the features when the model has none: thread-count independent too
         coordinates = plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps)
+    pca = pipeline.named_steps.get("pca")
     plots.plot_scatter(
-        coordinates, clusters, result["labels"], plots_dir / "scatter.png", title="Images in the clustering space"
+        coordinates,
+        clusters,
+        result["labels"],
+        plots_dir / "scatter.png",
+        title="Images in the clustering space (all splits)",
+        axis_labels=plots.scatter_axis_labels(
+            pca is not None, [float(v) for v in getattr(pca, "explained_variance_ratio_", [])]
+        ),
     )
-    thumbs, captions = plots.thumbnails_by_cluster(index, clusters, images, params.evaluate.thumbnails)
+    thumbs, captions, copies = plots.thumbnails_with_copies(index, clusters, images, params.evaluate.thumbnails)
     sizes = {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True))}
     plots.plot_thumbnails(
-        thumbs, plots_dir / "thumbnails.png", captions, title="Sample images per cluster", cluster_sizes=sizes
+        thumbs,
+        plots_dir / "thumbnails.png",
+        captions,
+        title="Sample images per cluster (orange frame: augmented copy; row: copies, majority class share)",
+        cluster_sizes=sizes,
+        row_notes=plots.cluster_notes(index, clusters),
+        copies_by_cluster=copies,
     )
     # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
     document = {split: {k: (None if v != v else v) for k, v in values.items()} for split, values in metrics.items()}
@@ -146,7 +227,9 @@ def run(
         PREDICTION_FIELDS,
     )
     if not mlflow_log:
+        steps.close()
         return {"metrics": metrics, "warnings": warnings}
+    steps.step("profile the training images")
 
     summary = {"features": meta, "reports": {}, "metric_warnings": warnings}
     if auto_k:
@@ -167,10 +250,27 @@ def run(
     tags = runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE)
     if warnings:
         tags[naming.METRIC_WARNINGS_TAG] = "; ".join(warnings)[: naming.TAG_VALUE_LIMIT]
+    run_params = logged_params(params, LOCK_FILE)
+    dataset = runs.dataset_of(LOCK_FILE)
+    # the stages DVC ran for this pipeline run (side file), and this one up to now
+    profile = training_images(index, images, raw_manifest, meta, params.resize.resample)
+    steps.step("log the run and its models to MLflow")
+    timings = {**stage_log.read(), "evaluate": stage_log.measure("evaluate")}
+    run_metrics = {**naming.split_metrics(document), **naming.stage_metrics(timings)}
+    profiles = dataset_profiles(index, meta)
+    name = describe_run(run_params, dataset)
+    tags[naming.RUN_DESCRIPTION_TAG] = naming.run_description(name, dataset, profiles, run_metrics)
     info = runs.log_run(
         experiment=params.mlflow.experiment_name,
-        params=logged_params(params, LOCK_FILE),
-        metrics=naming.split_metrics(document),
+        params=run_params,
+        metrics=run_metrics,
+        run_name=name,
+        dataset=dataset,
+        dataset_profiles=profiles,
+        extra_dicts={
+            naming.CLUSTER_SHARES_ARTIFACT: cluster_class_shares(result),
+            naming.TRAINING_IMAGES_ARTIFACT: profile,
+        },
         tags=tags,
         artifacts=[plots_dir, metrics_path, predictions_path],
         summary=summary,
@@ -181,7 +281,9 @@ def run(
         weights_file=weights if weights and Path(str(weights)).is_file() else None,
     )
     write_json(run_info, info)
-    return {"metrics": metrics, "warnings": warnings, "run": info}
+    stage_log.consume()
+    steps.close()
+    return {"metrics": metrics, "warnings": warnings, "run": info, "run_name": name}
 
 
 def command(
@@ -194,6 +296,9 @@ def command(
     run_info: Path = typer.Option(..., help="Where to record the MLflow run id."),
     reports: list[Path] = typer.Option([], "--report", help="Stage reports to summarise in MLflow (repeatable)."),
     mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Record the run in MLflow."),
+    raw_manifest: Path = typer.Option(
+        None, help="ingest's manifest: sizes and modes of the originals, recorded for predict's checks."
+    ),
 ) -> None:
     result = run(
         features_dir,
@@ -206,6 +311,7 @@ def command(
         reports,
         config.load(PARAMS),
         mlflow_log,
+        raw_manifest,
     )
     for split, values in result["metrics"].items():
         typer.echo(
@@ -216,4 +322,7 @@ def command(
         typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
     if "run" in result:
         info = result["run"]
-        typer.echo(f"mlflow: run {info['run_id']} in experiment {info['experiment_id']} at {info['tracking_uri']}")
+        typer.echo(
+            f"mlflow: run {info['run_id']} ({result['run_name']}) in experiment {info['experiment_id']} "
+            f"at {info['tracking_uri']}"
+        )

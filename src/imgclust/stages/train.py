@@ -9,6 +9,7 @@ import numpy as np
 import typer
 
 from imgclust import config
+from imgclust.core import progress
 from imgclust.core.clustering import fit_model
 from imgclust.core.feature_store import load_features
 from imgclust.core.fsutil import atomic_file
@@ -28,6 +29,8 @@ def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[o
     if not is_train.any():
         raise InputDataError(f"{features_dir}: no train rows; check the split stage.")
     train = params.train
+    steps = progress.Steps("train", 2)
+    steps.step(f"fit on {int(is_train.sum())} train rows")
     pipeline = fit_model(
         features,
         is_train,
@@ -38,8 +41,10 @@ def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[o
         pca_on_all=params.protocol == "tutorial",
         **train.clusterer_settings(),
     )
+    steps.step("write model")
     with atomic_file(out) as tmp:
         joblib.dump(pipeline, tmp)
+    steps.close()
     return pipeline, int(is_train.sum())
 
 

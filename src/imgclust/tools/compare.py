@@ -10,13 +10,23 @@ import typer
 from imgclust import config
 from imgclust.errors import ParamError
 from imgclust.tracking import store
-from imgclust.tracking.naming import DVC_ENV_TAGS, METRIC_ALIASES, metric_column, metric_name, param_column
+from imgclust.tracking.naming import (
+    DATA_VERSION_TAG,
+    DATASET_TAG,
+    DVC_ENV_TAGS,
+    METRIC_ALIASES,
+    metric_column,
+    metric_name,
+    param_column,
+)
 
 # column title -> MLflow field of search_runs' DataFrame
 COLUMNS = {
     "run": "run_id",
     "started_utc": "start_time",
     "dvc_exp": f"tags.{DVC_ENV_TAGS['DVC_EXP_NAME']}",
+    "dataset": f"tags.{DATASET_TAG}",
+    "data_version": f"tags.{DATA_VERSION_TAG}",
     "method": param_column("featurize.method"),
     "backbone": param_column("featurize.cnn.backbone"),
     "protocol": param_column("protocol"),
@@ -24,6 +34,9 @@ COLUMNS = {
     "n_components": param_column("train.pca.n_components"),
     **{title: metric_column(METRIC_ALIASES[title]) for title in ("ari_train", "ari_test", "nmi_test", "acc_test")},
 }
+
+
+DATA_VERSION_SHOWN = 8  # characters of the data version in the table (as git shows commits)
 
 
 class Format(str, Enum):
@@ -40,9 +53,11 @@ def runs_table(
     ascending: bool = False,
     limit: int | None = None,
     include_unfinished: bool = False,
+    dataset: str | None = None,
 ):
     """A pandas DataFrame of the pipeline runs of ``experiment_name``, one row per run; only runs
-    that finished unless ``include_unfinished``."""
+    that finished unless ``include_unfinished``; only those of ``dataset`` (a dataset name, or a
+    data version or its first characters) when given."""
     import pandas as pd
 
     sort_column = (
@@ -54,7 +69,11 @@ def runs_table(
         raise ParamError(f"cannot sort by {sort!r}; use one of {', '.join(COLUMNS)}.")
     runs = store.pipeline_runs(experiment_name, filter_string, include_unfinished)
     table = pd.DataFrame({title: runs[field] if field in runs else None for title, field in COLUMNS.items()})
+    if dataset:
+        versions = table["data_version"].fillna("").astype(str)
+        table = table[(table["dataset"] == dataset) | (versions.str.startswith(dataset) & (versions != ""))].copy()
     if len(table):
+        table["data_version"] = table["data_version"].map(lambda v: v[:DATA_VERSION_SHOWN] if isinstance(v, str) else v)
         table["started_utc"] = pd.to_datetime(table["started_utc"]).dt.strftime("%Y-%m-%d %H:%M:%S")
         table.loc[table["method"] != "cnn", "backbone"] = None  # only meaningful for CNN features
     table = table.sort_values(sort_column, ascending=ascending, na_position="last", kind="stable")
@@ -89,6 +108,9 @@ def command(
     filter_string: str = typer.Option("", "--filter", help="MLflow filter, e.g. \"params.featurize.method = 'cnn'\"."),
     limit: int = typer.Option(0, help="Show at most this many runs (0: all)."),
     include_unfinished: bool = typer.Option(False, "--all", help="Include failed and running runs."),
+    dataset: str = typer.Option(
+        None, help="Only runs of this dataset: its name or a data version (first characters suffice)."
+    ),
     fmt: Format = typer.Option(Format.table, "--format", help="Output format."),
     output: Path = typer.Option(None, "--output", "-o", help="Write to this file instead of the terminal."),
 ) -> None:
@@ -101,7 +123,11 @@ def command(
             ascending,
             limit or None,
             include_unfinished,
+            dataset,
         )
+    if not len(table) and fmt is Format.table:
+        typer.echo("compare: no pipeline run matches" + (f" dataset {dataset!r}" if dataset else ""))
+        return
     text = render(table, fmt)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -11,11 +11,17 @@ from urllib.parse import urlsplit
 import typer
 
 from imgclust.core.fsutil import file_kind, is_image_file, not_regular_reason, write_csv, write_json
-from imgclust.core.images import open_image
+from imgclust.core.image_profile import differences
+from imgclust.core.images import load_array, open_image
 from imgclust.errors import CorruptImageError, InputDataError, ParamError
 from imgclust.tracking import store
+from imgclust.tracking.naming import TRAINING_IMAGES_ARTIFACT
 
-OUTPUT_FIELDS = ("path", "cluster", "cluster_class", "error")
+# cluster_class: the class most represented in the cluster (train images); cluster_class_share: its
+# share there; cluster_classes: every class's share; warnings: how the image differs from the
+# training images (size, mode, pixel statistics)
+OUTPUT_FIELDS = ("path", "cluster", "cluster_class", "cluster_class_share", "cluster_classes", "warnings", "error")
+EMPTY = {"cluster": None, "cluster_class": None, "cluster_class_share": None, "cluster_classes": None, "warnings": None}
 # model URIs resolved against the configured tracking store / registry: loaded without --trust
 STORE_SCHEMES = ("models", "runs")
 
@@ -107,20 +113,69 @@ def predict_on_ray(model_uri: str, images: list, settings, *, trust: bool = Fals
     check_model_uri(model_uri, trust)
     ray_engine.import_ray()
     model = store.load_model(model_uri)
-    classes = store.cluster_classes(store.model_run_id(model_uri))
+    run_id = store.model_run_id(model_uri)
+    classes = store.cluster_classes(run_id)
+    shares = store.cluster_class_shares(run_id)
     rows: dict[str, dict] = {}
     readable = []
     for item in images:
         reason = None if str(item).startswith(ray_engine.S3_PREFIX) else not_a_regular_file(Path(item))
         if reason:
-            rows[str(item)] = {"path": str(item), "cluster": None, "cluster_class": None, "error": reason}
+            rows[str(item)] = {"path": str(item), **EMPTY, "error": reason}
         else:
             readable.append(str(item))
     pipeline = model.unwrap_python_model().pipeline
+    # images are decoded by the workers only: no comparison with the training images here (warnings empty)
     for item, cluster, error in ray_engine.predict(pipeline, readable, settings):
-        cluster_class = None if cluster is None else classes.get(cluster)
-        rows[item] = {"path": item, "cluster": cluster, "cluster_class": cluster_class, "error": error}
+        if cluster is None:
+            rows[item] = {"path": item, **EMPTY, "error": error}
+        else:
+            rows[item] = cluster_row(item, cluster, classes, shares, [])
     return [rows[str(item)] for item in images]
+
+
+def image_warnings(path: Path, profile: dict) -> list[str]:
+    """Decode ``path`` (CorruptImageError when it cannot be) and say how it differs from the training
+    images of ``profile`` (none without a profile)."""
+    image = open_image(path)
+    model_input = profile.get("model_input")
+    if not model_input:
+        return []
+    size = (int(model_input["width"]), int(model_input["height"]))
+    array = load_array(path, str(model_input["color_mode"]), size, str(model_input["resample"]))
+    return differences(profile, image.size[0], image.size[1], image.mode, array)
+
+
+def describe_model(model_uri: str) -> str:
+    """Which run a model comes from and the data it was trained on."""
+    run_id = store.model_run_id(model_uri)
+    if not run_id:
+        return f"model {model_uri} (no run in the store: its training data is unknown)"
+    try:
+        run = store.fetch_run(run_id)
+    except ParamError:  # a model whose run is not in this store (copied, or the run deleted)
+        return f"model {model_uri} (run {run_id} is not in the store: its training data is unknown)"
+    data = store.run_dataset(run)
+    trained = (
+        f"trained on dataset {data['name']} (data version {data.get('version', '?')[:12]}, source {data.get('source')})"
+        if data.get("name")
+        else "trained on data it did not record (logged before datasets were)"
+    )
+    return f"model {model_uri} = run {run_id} ({run.info.run_name}), {trained}"
+
+
+def cluster_row(path: str, cluster: int, classes: dict, shares: dict, warnings: list[str]) -> dict:
+    """The output row of an image assigned to ``cluster``: its majority class and the class shares."""
+    cluster_shares = shares.get(cluster, {})
+    return {
+        "path": path,
+        "cluster": cluster,
+        "cluster_class": classes.get(cluster),
+        "cluster_class_share": cluster_shares.get(classes.get(cluster)),
+        "cluster_classes": "; ".join(f"{c} {v:.2f}" for c, v in cluster_shares.items()) or None,
+        "warnings": "; ".join(warnings) or None,
+        "error": None,
+    }
 
 
 def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: bool = False) -> list[dict]:
@@ -135,7 +190,11 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
 
     check_model_uri(model_uri, trust)
     model = store.load_model(model_uri)
-    classes = store.cluster_classes(store.model_run_id(model_uri))
+    run_id = store.model_run_id(model_uri)
+    classes = store.cluster_classes(run_id)
+    shares = store.cluster_class_shares(run_id)
+    profile = store.run_dict(run_id, TRAINING_IMAGES_ARTIFACT)
+    notes: dict[str, list[str]] = {}
     rows: list[dict] = []
     with tqdm(total=len(images), desc="predict", unit="img", disable=None, leave=False) as bar:
         for start in range(0, len(images), batch_size):
@@ -144,19 +203,17 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
             for path in batch:
                 reason = not_a_regular_file(path)
                 if reason:
-                    rows.append({"path": str(path), "cluster": None, "cluster_class": None, "error": reason})
+                    rows.append({"path": str(path), **EMPTY, "error": reason})
                     continue
                 try:
-                    open_image(path)
+                    notes[str(path)] = image_warnings(path, profile)
                     good.append(path)
                 except CorruptImageError as exc:
-                    rows.append({"path": str(path), "cluster": None, "cluster_class": None, "error": str(exc)})
+                    rows.append({"path": str(path), **EMPTY, "error": str(exc)})
             if good:
                 clusters = model.predict(pd.DataFrame({"path": [str(p) for p in good]}))
-                rows += [
-                    {"path": str(p), "cluster": int(c), "cluster_class": classes.get(int(c)), "error": None}
-                    for p, c in zip(good, clusters)
-                ]
+                for path, cluster in zip(good, clusters):
+                    rows.append(cluster_row(str(path), int(cluster), classes, shares, notes[str(path)]))
             bar.update(len(batch))
     order = {str(p): i for i, p in enumerate(images)}
     return sorted(rows, key=lambda r: order[r["path"]])
@@ -205,7 +262,9 @@ def command(
         settings = RaySettings(num_actors=actors, num_gpus=gpus_per_actor, batch_size=batch_size)
         rows = predict_on_ray(model, files, settings, trust=trust)
     else:
-        rows = predict(model, files, batch_size, trust=trust)
+        rows = predict(model, files, batch_size, trust=trust)  # fails first, and clearly, on a missing model
+    with store.tracking_errors():
+        typer.echo(f"predict: {describe_model(model)}")
     fmt = fmt or (Format.json if output.suffix.lower() == ".json" else Format.csv)
     if fmt is Format.json:
         write_json(output, rows)
@@ -215,5 +274,14 @@ def command(
     typer.echo(f"predict: {len(rows) - len(bad)} image(s) clustered, {len(bad)} unreadable -> {output}")
     for row in bad:
         typer.secho(f"  {row['error']}", err=True, fg=typer.colors.YELLOW)
+    unlike = [r for r in rows if r["warnings"]]
+    if unlike:
+        typer.secho(
+            f"warning: {len(unlike)} of {len(rows) - len(bad)} image(s) differ from the images the model was "
+            f"trained on, so their clusters may mean little (column 'warnings' of {output}); e.g. "
+            f"{unlike[0]['path']}: {unlike[0]['warnings']}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
     if len(bad) == len(rows):
         raise typer.Exit(code=2)

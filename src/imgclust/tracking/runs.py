@@ -18,8 +18,12 @@ import yaml
 
 from imgclust.tracking.naming import (
     CLUSTER_CLASSES_ARTIFACT,
+    DATA_SOURCE_TAG,
     DATA_STAGES_WITH_HASHES,
     DATA_TAG_PREFIX,
+    DATA_VERSION_OUTPUT,
+    DATA_VERSION_TAG,
+    DATASET_TAG,
     DVC_ENV_TAGS,
     FAILED_REASON_TAG,
     GIT_COMMIT_TAG,
@@ -33,6 +37,9 @@ from imgclust.tracking.naming import (
     PID_TAG,
     PIPELINE_KIND,
     SUMMARY_ARTIFACT,
+    dataset_digest,
+    dataset_input_name,
+    dataset_name,
     flatten,
     model_uri_tag,
     param_value,
@@ -158,6 +165,59 @@ def dvc_lock_params(lock_path: Path) -> dict:
     return merged
 
 
+def dataset_of(lock_path: Path) -> dict[str, str] | None:
+    """{name, version, source} of the data the pipeline last ran on: ``data.source`` and the content
+    hash of ingest's data/raw as recorded in dvc.lock; None before ingest has run."""
+    stage, out_path = DATA_VERSION_OUTPUT
+    entry = _lock_stages(lock_path).get(stage) or {}
+    version = next(
+        (
+            out.get("md5") or out.get("etag") or out.get("checksum")
+            for out in entry.get("outs", [])
+            if out["path"] == out_path
+        ),
+        None,
+    )
+    source = dvc_lock_params(lock_path).get("data", {}).get("source")
+    if not version or not source:
+        return None
+    return {"name": dataset_name(str(source)), "version": str(version), "source": str(source)}
+
+
+def dataset_tags(dataset: dict | None) -> dict[str, str]:
+    if not dataset:
+        return {}
+    return {DATASET_TAG: dataset["name"], DATA_VERSION_TAG: dataset["version"], DATA_SOURCE_TAG: dataset["source"]}
+
+
+def _log_datasets(run_id: str, dataset: dict, profiles: dict[str, dict]) -> None:
+    """One MLflow dataset input per context (train, test): the UI's Dataset column, its filters
+    (``dataset.name``, ``dataset.digest``, ``dataset.context``) and the run page's Datasets show it."""
+    import json
+
+    import mlflow
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    is_url = dataset["source"].split(":", 1)[0].lower() in ("http", "https")
+    source_type, source = ("http", {"url": dataset["source"]}) if is_url else ("local", {"uri": dataset["source"]})
+    inputs = [
+        DatasetInput(
+            Dataset(
+                name=dataset_input_name(dataset["name"], context),
+                digest=dataset_digest(dataset["version"]),
+                source_type=source_type,
+                source=json.dumps(source),
+                profile=json.dumps(profile),
+            ),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)],
+        )
+        for context, profile in profiles.items()
+    ]
+    if inputs:
+        mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+
+
 def dvc_tags() -> dict[str, str]:
     return {tag: os.environ[env] for env, tag in DVC_ENV_TAGS.items() if os.environ.get(env)}
 
@@ -191,7 +251,14 @@ def _installed(name: str) -> bool:
 def pipeline_tags(method: str, cwd: Path, lock_path: Path) -> dict[str, str]:
     """The tags of a pipeline run: its kind and feature method, git commit, DVC experiment and the
     content hash of every data output in dvc.lock."""
-    return {**git_tags(cwd), **dvc_tags(), **dvc_lock_hashes(lock_path), METHOD_TAG: method, KIND_TAG: PIPELINE_KIND}
+    return {
+        **git_tags(cwd),
+        **dvc_tags(),
+        **dvc_lock_hashes(lock_path),
+        **dataset_tags(dataset_of(lock_path)),
+        METHOD_TAG: method,
+        KIND_TAG: PIPELINE_KIND,
+    }
 
 
 def log_run(
@@ -208,11 +275,16 @@ def log_run(
     image_pipeline,
     weights_file: str | None = None,
     root: Path | None = None,
+    run_name: str | None = None,
+    dataset: dict | None = None,
+    dataset_profiles: dict[str, dict] | None = None,
+    extra_dicts: dict[str, dict] | None = None,
 ) -> dict:
     """Log one pipeline execution as one MLflow run and return {run_id, experiment_id, tracking_uri}.
 
     Two models are logged: ``model`` (mlflow.sklearn, features -> cluster) and ``image_model``
-    (pyfunc, image paths -> cluster) built from the same fitted estimators.
+    (pyfunc, image paths -> cluster) built from the same fitted estimators. ``dataset`` (see
+    ``dataset_of``) with ``dataset_profiles`` (context -> profile) is logged as dataset inputs.
     """
     uri, artifact_root = configure(root)
     with tracking_errors(), store_lock(uri):
@@ -224,12 +296,35 @@ def log_run(
             metrics=metrics,
             tags=tags,
             artifacts=artifacts,
-            dicts={SUMMARY_ARTIFACT: summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes},
+            dicts={SUMMARY_ARTIFACT: summary, CLUSTER_CLASSES_ARTIFACT: cluster_classes, **(extra_dicts or {})},
             model=model,
             model_input_example=model_input_example,
             image_pipeline=image_pipeline,
             weights_file=weights_file,
+            run_name=run_name,
+            dataset=dataset,
+            dataset_profiles=dataset_profiles or {},
         )
+
+
+# MLflow log lines that are advice for other set-ups, not news for this run: the image model is a
+# PythonModel logged on purpose (its loader is imgclust's code, see robustness.md), and uv-made
+# environments have no pip for MLflow to ask its version.
+QUIET_MLFLOW_MESSAGES = ("serialized using CloudPickle", "Failed to resolve installed pip version")
+
+
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(text in message for text in QUIET_MLFLOW_MESSAGES)
+
+
+def quiet_mlflow() -> None:
+    """Drop MLflow's advice lines (``QUIET_MLFLOW_MESSAGES``)."""
+    for name in ("mlflow.pyfunc", "mlflow.utils.environment"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdvice) for f in logger.filters):
+            logger.addFilter(_DropAdvice())
 
 
 def _log_artifacts(artifacts: list[Path]) -> None:
@@ -256,6 +351,9 @@ def _log_run(
     model_input_example,
     image_pipeline,
     weights_file,
+    run_name,
+    dataset,
+    dataset_profiles,
 ) -> dict:
     import tempfile
     import warnings
@@ -272,19 +370,22 @@ def _log_run(
     from imgclust.core.scaling import PixelScaler
     from imgclust.tracking.image_model import ImageClusterModel
 
+    quiet_mlflow()
     experiment_id = get_or_create_experiment(experiment, artifact_root)
     fail_dead_runs(experiment_id)
     with_keras = type(image_pipeline.named_steps["features"]).__name__ == "KerasFeatureExtractor"
     requirements = _pip_requirements(with_keras)
     code_paths = [str(Path(imgclust.__file__).parent)]
     with (
-        mlflow.start_run(experiment_id=experiment_id, tags={**tags, **process_tags()}) as run,
+        mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags={**tags, **process_tags()}) as run,
         warnings.catch_warnings(),
     ):
         # MLflow's advice on type hints and input examples does not apply to these models
         warnings.simplefilter("ignore", UserWarning)
         mlflow.log_params({k: param_value(v) for k, v in flatten(params).items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        if dataset:
+            _log_datasets(run.info.run_id, dataset, dataset_profiles)
         for name, content in dicts.items():
             mlflow.log_dict(content, name)
         _log_artifacts(artifacts)

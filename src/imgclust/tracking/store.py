@@ -13,13 +13,19 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 import time
 from pathlib import Path
 
 from imgclust.errors import ParamError, TrackingError
 from imgclust.tracking.naming import (
     CLUSTER_CLASSES_ARTIFACT,
+    CLUSTER_SHARES_ARTIFACT,
+    DATA_SOURCE_TAG,
+    DATA_VERSION_TAG,
+    DATASET_TAG,
     DEFAULT_EXPERIMENT,
+    EXPERIMENT_TAGS,
     FINISHED_RUNS,
     LOCAL_STORE_DIR,
     MODEL_ARTIFACTS,
@@ -27,6 +33,7 @@ from imgclust.tracking.naming import (
     metric_column,
     metric_name,
     model_uri_tag,
+    tag_filter,
 )
 
 
@@ -171,6 +178,8 @@ def configure(root: Path | None = None) -> tuple[str, str | None]:
         (root / LOCAL_STORE_DIR).mkdir(parents=True, exist_ok=True)
         uri, artifacts = local_store(root)
     check_sqlite_store(uri)
+    if not sys.stderr.isatty():  # MLflow's download bars run together into one line in a log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if uri.split(":", 1)[0].lower() in ("http", "https"):
         for name, value in HTTP_REQUEST_DEFAULTS.items():
             os.environ.setdefault(name, value)
@@ -184,21 +193,25 @@ def experiment_name(name: str | None) -> str:
 
 
 def get_or_create_experiment(name: str, artifact_location: str | None) -> str:
-    """Experiment id by name; creating it tolerates a concurrent creator (parallel queued runs)."""
+    """Experiment id by name; creating it tolerates a concurrent creator (parallel queued runs).
+    The experiment carries ``EXPERIMENT_TAGS`` (its kind, description, primary metric); one made
+    before (without them) gets the missing ones, a description set by a user is kept."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except MlflowException:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            raise
-        return experiment.experiment_id
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location, tags=EXPERIMENT_TAGS)
+        except MlflowException:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    for tag, value in EXPERIMENT_TAGS.items():
+        if tag not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, tag, value)
+    return experiment.experiment_id
 
 
 def experiment_id(name: str) -> str:
@@ -240,20 +253,63 @@ def pipeline_runs(experiment: str, filter_string: str = "", include_unfinished: 
         raise ParamError(f"bad --filter {filter_string!r}: {exc.message}") from None
 
 
-def best_run_id(experiment: str, metric: str, ascending: bool = False) -> str:
-    """The finished pipeline run with the highest (lowest) value of ``metric``."""
+def run_datasets(experiment: str) -> dict[str, str]:
+    """data version -> dataset name of the finished pipeline runs of ``experiment``."""
+    import mlflow
+
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id(experiment)], filter_string=f"{FINISHED_RUNS} and {PIPELINE_RUNS}", max_results=50000
+    )
+    found = {}
+    for run in runs:
+        tags = run.data.tags
+        found[tags.get(DATA_VERSION_TAG, "")] = tags.get(DATASET_TAG, "(runs logged without a dataset)")
+    return found
+
+
+def match_dataset(experiment: str, dataset: str) -> str:
+    """The data version that ``dataset`` names: a dataset name, a data version or its first
+    characters; ParamError listing the experiment's datasets when none or several match."""
+    versions = run_datasets(experiment)
+    matches = sorted(
+        version
+        for version, name in versions.items()
+        if version and (dataset in (name, version) or version.startswith(dataset))
+    )
+    if len(matches) == 1:
+        return matches[0]
+    known = "; ".join(f"{name} (data version {version[:12]})" for version, name in sorted(versions.items()) if version)
+    what = "several data versions" if matches else "no finished run"
+    raise ParamError(
+        f"{what} of experiment {experiment!r} match dataset {dataset!r}; runs exist for: {known or 'no dataset'}. "
+        "Pass --dataset with a data version (or its first characters)."
+    )
+
+
+def best_run_id(experiment: str, metric: str, ascending: bool = False, data_version: str | None = None) -> str:
+    """The finished pipeline run with the highest (lowest) value of ``metric`` among the runs of
+    ``data_version`` (the tag every pipeline run carries); runs of other data never compete."""
     import mlflow
 
     metric = metric_name(metric)
+    clauses = [FINISHED_RUNS, PIPELINE_RUNS] + ([tag_filter(DATA_VERSION_TAG, data_version)] if data_version else [])
     runs = mlflow.MlflowClient().search_runs(
         [experiment_id(experiment)],
-        filter_string=f"{FINISHED_RUNS} and {PIPELINE_RUNS}",
+        filter_string=" and ".join(clauses),
         order_by=[f"{metric_column(metric)} {'ASC' if ascending else 'DESC'}"],
         max_results=1,
     )
     if not runs or metric not in runs[0].data.metrics:
-        raise ParamError(f"no finished run of experiment {experiment!r} has metric {metric!r}.")
+        of = f" of data version {data_version}" if data_version else ""
+        raise ParamError(f"no finished run{of} in experiment {experiment!r} has metric {metric!r}.")
     return runs[0].info.run_id
+
+
+def run_dataset(run) -> dict[str, str]:
+    """{name, version, source} of the data a run was trained on (empty for runs logged without)."""
+    tags = run.data.tags
+    found = {"name": tags.get(DATASET_TAG), "version": tags.get(DATA_VERSION_TAG), "source": tags.get(DATA_SOURCE_TAG)}
+    return {k: v for k, v in found.items() if v}
 
 
 def register_model(run_id: str, name: str, alias: str | None, artifact: str):
@@ -265,6 +321,19 @@ def register_model(run_id: str, name: str, alias: str | None, artifact: str):
     run = fetch_run(run_id)
     source = run.data.tags.get(model_uri_tag(artifact), f"runs:/{run_id}/{artifact}")
     version = mlflow.register_model(source, name)
+    client = mlflow.MlflowClient()
+    # the model version records its data: the registry shows it, predict prints it
+    tags = run.data.tags
+    for tag in (DATASET_TAG, DATA_VERSION_TAG, DATA_SOURCE_TAG):
+        if tags.get(tag):
+            client.set_model_version_tag(name, version.version, tag, tags[tag])
+    if tags.get(DATASET_TAG):
+        client.update_model_version(
+            name,
+            version.version,
+            description=f"Trained on dataset {tags[DATASET_TAG]} (data version {tags.get(DATA_VERSION_TAG, '?')}, "
+            f"source {tags.get(DATA_SOURCE_TAG, '?')}) by run {run_id} ({run.info.run_name}).",
+        )
     if alias:
         mlflow.MlflowClient().set_registered_model_alias(name, alias, version.version)
     return version
@@ -298,6 +367,23 @@ def cluster_classes(run_id: str | None) -> dict[int, str]:
     except Exception:  # noqa: BLE001 - older runs or foreign models carry no mapping
         return {}
     return {int(k): v for k, v in mapping.items()}
+
+
+def run_dict(run_id: str | None, artifact: str) -> dict:
+    """A JSON artifact of a run; empty when the run (an older one, a foreign model) has none."""
+    import mlflow
+
+    if not run_id:
+        return {}
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{artifact}")
+    except Exception:  # noqa: BLE001 - older runs or foreign models carry no such artifact
+        return {}
+
+
+def cluster_class_shares(run_id: str | None) -> dict[int, dict[str, float]]:
+    """cluster -> {class: share of the cluster's train images}, largest first, if the run logged it."""
+    return {int(k): v for k, v in run_dict(run_id, CLUSTER_SHARES_ARTIFACT).items()}
 
 
 def load_model(model_uri: str):
