@@ -21,6 +21,7 @@ from imgclust.tracking.naming import (
     GIT_COMMIT_TAG,
     GIT_DIRTY_TAG,
     flatten,
+    is_stage_metric,
     param_value,
     parse_param_value,
     set_dotted,
@@ -335,7 +336,10 @@ def reproduce_run(
         params_restored=changed,
         source_rewritten=source,
         pulled=pulled,
-        metrics=compare_values(dict(run.data.metrics), reproduced, tolerance),
+        # the scores, not the stages' time and memory: those measure the machine
+        metrics=compare_values(
+            {k: v for k, v in run.data.metrics.items() if not is_stage_metric(k)}, reproduced, tolerance
+        ),
         hashes=compare_values(hashes, runs.dvc_lock_hashes(workdir / "dvc.lock")),
         new_run_id=new_run_id,
     )

@@ -227,6 +227,13 @@ def run_description(name: str, dataset: dict | None, profiles: dict[str, dict], 
     return "\n\n".join(lines)[:TAG_VALUE_LIMIT]
 
 
+def is_stage_metric(name: str) -> bool:
+    """A stage's wall time or peak memory (``stage_metrics``): a measurement of the machine, which no
+    re-run reproduces, unlike the scores."""
+    prefixes = {text.split("/", 1)[0] + "/" for text in (STAGE_TIME_METRIC, STAGE_MEMORY_METRIC)}
+    return name.startswith(tuple(prefixes))
+
+
 def stage_metrics(records: dict[str, dict]) -> dict[str, float]:
     """stage -> {wall_s, peak_mb} as metrics, with the total time and the highest peak."""
     metrics: dict[str, float] = {}

@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,9 @@ def dataset_tags(dataset: dict | None) -> dict[str, str]:
     return {DATASET_TAG: dataset["name"], DATA_VERSION_TAG: dataset["version"], DATA_SOURCE_TAG: dataset["source"]}
 
 
+DATASET_LOG_ATTEMPTS = 3
+
+
 def _log_datasets(run_id: str, dataset: dict, profiles: dict[str, dict]) -> None:
     """One MLflow dataset input per context (train, test): the UI's Dataset column, its filters
     (``dataset.name``, ``dataset.digest``, ``dataset.context``) and the run page's Datasets show it."""
@@ -197,6 +201,7 @@ def _log_datasets(run_id: str, dataset: dict, profiles: dict[str, dict]) -> None
 
     import mlflow
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     is_url = dataset["source"].split(":", 1)[0].lower() in ("http", "https")
@@ -214,8 +219,20 @@ def _log_datasets(run_id: str, dataset: dict, profiles: dict[str, dict]) -> None
         )
         for context, profile in profiles.items()
     ]
-    if inputs:
-        mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+    if not inputs:
+        return
+    # The store adds a dataset it does not hold yet by looking it up, then inserting it: two runs
+    # logging the same new dataset at once (two clones, one server) race there, and the loser's insert
+    # fails on the unique key. By then the dataset exists, so trying again links it.
+    for attempt in range(DATASET_LOG_ATTEMPTS):
+        try:
+            mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            message = str(exc).lower()
+            if attempt + 1 == DATASET_LOG_ATTEMPTS or not ("unique" in message or "duplicate key" in message):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def dvc_tags() -> dict[str, str]:
@@ -309,8 +326,12 @@ def log_run(
 
 # MLflow log lines that are advice for other set-ups, not news for this run: the image model is a
 # PythonModel logged on purpose (its loader is imgclust's code, see robustness.md), and uv-made
-# environments have no pip for MLflow to ask its version.
-QUIET_MLFLOW_MESSAGES = ("serialized using CloudPickle", "Failed to resolve installed pip version")
+# environments have no pip for MLflow to ask its version; copying uv.lock into each model is routine.
+QUIET_MLFLOW_MESSAGES = (
+    "serialized using CloudPickle",
+    "Failed to resolve installed pip version",
+    "to model artifacts",
+)
 
 
 class _DropAdvice(logging.Filter):
@@ -321,7 +342,7 @@ class _DropAdvice(logging.Filter):
 
 def quiet_mlflow() -> None:
     """Drop MLflow's advice lines (``QUIET_MLFLOW_MESSAGES``)."""
-    for name in ("mlflow.pyfunc", "mlflow.utils.environment"):
+    for name in ("mlflow.pyfunc", "mlflow.utils.environment", "mlflow.utils.uv_utils"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdvice) for f in logger.filters):
             logger.addFilter(_DropAdvice())
