@@ -38,11 +38,24 @@ def _tmp_siblings(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.tmp-*"))
 
 
+def _default_sigint() -> None:
+    # as in a terminal: a shell's background job (`pytest &` in a script, nohup) inherits SIGINT
+    # ignored, and Python then never turns Ctrl-C into KeyboardInterrupt
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     # a session of its own, so the whole tree (the command and its worker processes) can be signalled,
     # as a terminal's Ctrl-C signals its foreground process group
     return subprocess.Popen(
-        args, cwd=cwd, env=env(), start_new_session=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        args,
+        cwd=cwd,
+        env=env(),
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 
