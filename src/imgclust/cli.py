@@ -45,10 +45,11 @@ COMMANDS = {
 
 # third-party start-up noise kept out of the stage output (read by TensorFlow/absl when first imported)
 THIRD_PARTY_LOG = "logs/tensorflow.log"  # in the project's .imgclust/: TensorFlow's native start-up lines
+TENSORFLOW_TOOLS = ("predict",)  # tools that may run a CNN, besides the stages
 QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GRPC_VERBOSITY": "ERROR", "GLOG_minloglevel": "2"}
 
 
-def _exits_cleanly(func, stage: str | None = None):
+def _exits_cleanly(func, stage: str | None = None, loads_tensorflow: bool = False):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from imgclust import config
@@ -57,7 +58,7 @@ def _exits_cleanly(func, stage: str | None = None):
             os.environ.setdefault(name, value)
         try:
             config.apply_local_settings()
-            if stage or func.__module__.endswith(".predict"):
+            if loads_tensorflow:
                 from imgclust.core.quiet import divert_tensorflow_import
 
                 divert_tensorflow_import(config.local_dir() / THIRD_PARTY_LOG)
@@ -79,7 +80,8 @@ def _register() -> None:
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         stage = module_name.rsplit(".", 1)[1] if ".stages." in module_name else None
-        app.command(name, help=module.__doc__)(_exits_cleanly(module.command, stage))
+        loads_tensorflow = stage is not None or name in TENSORFLOW_TOOLS
+        app.command(name, help=module.__doc__)(_exits_cleanly(module.command, stage, loads_tensorflow))
 
 
 _register()

@@ -24,6 +24,7 @@ from imgclust.core.images import COLOR_MODES, MAX_IMAGE_SIDE, OPS, RESAMPLE_FILT
 from imgclust.core.phantoms import MIN_IMAGES
 from imgclust.core.protocols import PROTOCOLS
 from imgclust.core.ray_engine import ENGINES
+from imgclust.core.stage_log import LOCAL_DIR
 from imgclust.errors import ParamError, did_you_mean
 
 PARAMS_FILE = Path("params.yaml")
@@ -231,6 +232,14 @@ class TrainParams(_Section):
     gmm: GmmParams
     hdbscan: HdbscanParams
 
+    def fit_settings(self) -> dict:
+        """fit_model's and scan_k's ``pca``, ``kmeans`` and ``scalable`` arguments, as scikit-learn takes them."""
+        return {
+            "pca": self.pca.model_dump(),
+            "kmeans": self.kmeans.model_dump(),
+            "scalable": self.scalable.model_dump(),
+        }
+
     def clusterer_settings(self) -> dict:
         """fit_model's clusterer arguments: ``clusterer``, ``clusterers`` and ``auto_k``."""
         return {
@@ -398,7 +407,7 @@ def experiment_name(path: Path = PARAMS_FILE) -> str | None:
 
 # Per-checkout settings that are no parameters (they do not change results, only where things are
 # found): a git-ignored YAML file at the project root, so a fresh clone needs no shell exports.
-LOCAL_SETTINGS = Path(".imgclust") / "local.yaml"
+LOCAL_SETTINGS = LOCAL_DIR / "local.yaml"
 LOCAL_SETTINGS_ENV = {"keras_home": "KERAS_HOME"}  # setting -> environment variable it provides
 
 

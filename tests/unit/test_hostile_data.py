@@ -518,7 +518,7 @@ def test_several_classes_and_clusters_give_no_warning(mathtext_project, monkeypa
 def test_one_cluster_and_nan_metrics_are_warned_about():
     nan = float("nan")
     values = {"ari": 0.0, "nmi": 0.0, "cluster_accuracy": 0.5, "silhouette": nan, "n_samples": 4, "n_clusters_found": 1}
-    result = {"metrics": {"test": values}, "splits": np.array(["test"] * 4), "labels": np.array(["a", "b", "a", "b"])}
+    result = {"metrics": {"test": values}, "rows": {"test": np.ones(4, bool)}, "labels": np.array(["a", "b", "a", "b"])}
     warnings = evaluate_stage.metric_warnings(result)
     assert len(warnings) == 1 and "one cluster" in warnings[0] and "silhouette is undefined" in warnings[0]
     values.update(n_clusters_found=4, silhouette=nan)

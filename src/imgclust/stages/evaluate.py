@@ -33,7 +33,7 @@ def metric_warnings(result: dict) -> list[str]:
     a single cluster (nothing is separated; silhouette is undefined), or a metric that is NaN."""
     found = []
     for split, values in result["metrics"].items():
-        rows = result["rows"][split] if "rows" in result else result["splits"] == split
+        rows = result["rows"][split]
         classes = sorted(set(result["labels"][rows].tolist()))
         n = values["n_samples"]
         if len(classes) < 2:

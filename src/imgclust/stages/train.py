@@ -35,10 +35,8 @@ def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[o
         features,
         is_train,
         method=meta["method"],
-        pca=train.pca.model_dump(),
-        kmeans=train.kmeans.model_dump(),
-        scalable=train.scalable.model_dump(),
         pca_on_all=params.protocol == "tutorial",
+        **train.fit_settings(),
         **train.clusterer_settings(),
     )
     steps.step("write model")

@@ -105,6 +105,15 @@ def from_argument(item: Path) -> Path | str:
     return f"s3://{text[len('s3:/') :]}" if text.startswith("s3:/") and not text.startswith("s3://") else item
 
 
+def load_labelled_model(model_uri: str, trust: bool) -> tuple:
+    """(model, its run id, cluster -> majority class, cluster -> class shares) of ``model_uri``,
+    checked first (see ``check_model_uri``)."""
+    check_model_uri(model_uri, trust)
+    model = store.load_model(model_uri)  # first: its error is the clear one for a missing model
+    run_id = store.model_run_id(model_uri)
+    return model, run_id, store.cluster_classes(run_id), store.cluster_class_shares(run_id)
+
+
 def predict_on_ray(model_uri: str, images: list, settings, *, trust: bool = False) -> list[dict]:
     """``predict`` with the model's loader and extractor run by Ray actors (``core.ray_engine``):
     local files are read on this machine and streamed to them; ``s3://`` objects are read by them."""
@@ -112,10 +121,7 @@ def predict_on_ray(model_uri: str, images: list, settings, *, trust: bool = Fals
 
     check_model_uri(model_uri, trust)
     ray_engine.import_ray()
-    model = store.load_model(model_uri)
-    run_id = store.model_run_id(model_uri)
-    classes = store.cluster_classes(run_id)
-    shares = store.cluster_class_shares(run_id)
+    model, _, classes, shares = load_labelled_model(model_uri, trust)
     rows: dict[str, dict] = {}
     readable = []
     for item in images:
@@ -188,11 +194,7 @@ def predict(model_uri: str, images: list[Path], batch_size: int = 64, *, trust: 
     import pandas as pd
     from tqdm import tqdm
 
-    check_model_uri(model_uri, trust)
-    model = store.load_model(model_uri)
-    run_id = store.model_run_id(model_uri)
-    classes = store.cluster_classes(run_id)
-    shares = store.cluster_class_shares(run_id)
+    model, run_id, classes, shares = load_labelled_model(model_uri, trust)
     profile = store.run_dict(run_id, TRAINING_IMAGES_ARTIFACT)
     notes: dict[str, list[str]] = {}
     rows: list[dict] = []

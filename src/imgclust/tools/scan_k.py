@@ -18,16 +18,13 @@ from imgclust.tracking import runs
 def run(features_dir: Path, ks: list[int], out: Path, plot: Path, params: config.PipelineParams) -> list[dict]:
     """Scan ``ks`` on the feature store with ``protocol`` and ``train.*``; write the table and plot."""
     features, index, meta = load_features(features_dir)
-    train = params.train
     rows = scan_k(
         features,
         index,
         ks,
         method=meta["method"],
-        pca=train.pca.model_dump(),
-        kmeans=train.kmeans.model_dump(),
-        scalable=train.scalable.model_dump(),
         pca_on_all=params.protocol == "tutorial",
+        **params.train.fit_settings(),
     )
     write_json(out, [{k: (None if v != v else v) for k, v in row.items()} for row in rows])
     plots.plot_k_scan(
