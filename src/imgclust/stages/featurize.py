@@ -32,13 +32,21 @@ def _fitted_extractor(method: str, cnn_params: dict):
     return make_extractor(method, cnn_params).fit()
 
 
+def _listing(manifest_csv: Path, image_dir: Path) -> tuple[list[dict], np.ndarray]:
+    """The manifest's rows and its first image, whose shape every other image must have."""
+    rows = read_image_listing(manifest_csv, image_dir, ("path", "class", "split", "source", "op"), "augment")
+    return rows, _load_stored(image_dir / rows[0]["path"])
+
+
+def _check_shapes(image_dir, shapes: set[tuple]) -> None:
+    if len(shapes) > 1:
+        raise InputDataError(f"images in {image_dir} differ in shape {sorted(shapes)}; rerun resize.")
+
+
 def _decode_checked(image_dir: str, shape: tuple, path: str, data: bytes) -> np.ndarray:
     """A stored image from its bytes (ray engine, in an actor), refused unless of the first image's shape."""
     array = _load_stored(Path(path), data)
-    if array.shape != tuple(shape):
-        raise InputDataError(
-            f"images in {image_dir} differ in shape {sorted({tuple(shape), array.shape})}; rerun resize."
-        )
+    _check_shapes(image_dir, {tuple(shape), array.shape})
     return array
 
 
@@ -63,8 +71,7 @@ def featurize(
         return _featurize_ray(image_dir, manifest_csv, out_dir, method, cnn_params, ray_settings)
     # fitting builds the CNN: missing weights fail here, before any image is read
     extractor = _fitted_extractor(method, cnn_params)
-    rows = read_image_listing(manifest_csv, image_dir, ("path", "class", "split", "source", "op"), "augment")
-    first = _load_stored(image_dir / rows[0]["path"])
+    rows, first = _listing(manifest_csv, image_dir)
     n_features = extractor.transform([first]).shape[1]
     dtype = METHOD_DTYPES[method]
     with atomic_dir(out_dir) as tmp:
@@ -74,9 +81,7 @@ def featurize(
             decoded = imap(_load_stored, [image_dir / r["path"] for r in rows])
             for batch in iter_batches(rows, batch_size):
                 arrays = [next(decoded) for _ in batch]
-                shapes = {a.shape for a in arrays} | {first.shape}
-                if len(shapes) > 1:
-                    raise InputDataError(f"images in {image_dir} differ in shape {sorted(shapes)}; rerun resize.")
+                _check_shapes(image_dir, {a.shape for a in arrays} | {first.shape})
                 store.append(extractor.transform(arrays))
                 bar.update(len(batch))
         return _close(store, rows, method, first, extractor)
@@ -116,8 +121,7 @@ def _featurize_ray(image_dir: Path, manifest_csv: Path, out_dir: Path, method: s
 
     ray_engine.import_ray()  # a missing extra fails here, before any image is read
     unfitted = make_extractor(method, cnn_params)  # checks the method; its parameters go into meta
-    rows = read_image_listing(manifest_csv, image_dir, ("path", "class", "split", "source", "op"), "augment")
-    first = _load_stored(image_dir / rows[0]["path"])
+    rows, first = _listing(manifest_csv, image_dir)
     paths = [image_dir / r["path"] for r in rows]
     factory = functools.partial(_fitted_extractor, method, cnn_params)
     decode = functools.partial(_decode_checked, str(image_dir), first.shape)
