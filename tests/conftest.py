@@ -27,6 +27,11 @@ if KERAS_HOME.is_dir() and "KERAS_HOME" not in os.environ:
     shutil.copytree(KERAS_HOME, _keras_copy)
     os.environ["KERAS_HOME"] = str(_keras_copy)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# stages run in this process keep their per-image cache here, not in the checkout's .imgclust/cache
+if "IMGCLUST_CACHE_DIR" not in os.environ:
+    _cache_tmp = tempfile.mkdtemp(prefix="imgclust-cache-")
+    atexit.register(shutil.rmtree, _cache_tmp, ignore_errors=True)
+    os.environ["IMGCLUST_CACHE_DIR"] = _cache_tmp
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 SYSTEM_TESTS = Path(__file__).parent / "system"

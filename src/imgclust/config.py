@@ -427,6 +427,23 @@ def local_dir() -> Path:
     return _project_root() / LOCAL_SETTINGS.parent
 
 
+CACHE_ENV = "IMGCLUST_CACHE_DIR"  # where stages keep per-image results; "off": keep none
+
+
+def item_cache(stage: str, stage_file: str, settings: dict):
+    """The per-image cache of ``stage`` (``core.item_cache``) for these ``settings``: its entries
+    are keyed by them and by the code the stage runs (the files dvc.yaml lists as its deps)."""
+    import os
+
+    from imgclust.core.item_cache import ItemCache, code_version
+
+    setting = os.environ.get(CACHE_ENV, "")
+    root = None if setting == "off" else Path(setting) if setting else local_dir() / "cache"
+    package = Path(__file__).parent
+    files = [Path(stage_file), package / "config.py", package / "errors.py", *(package / "core").glob("*.py")]
+    return ItemCache(root, stage, {"code": code_version(files), "settings": settings})
+
+
 def apply_local_settings(root: Path | None = None) -> dict[str, str]:
     """Set the environment variables named in ``.imgclust/local.yaml`` (``keras_home: PATH``,
     relative to the project root) that the environment does not set already; return those set.

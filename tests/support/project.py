@@ -36,7 +36,8 @@ def env(**extra: str) -> dict:
     """This interpreter's tools first on PATH; no variable that would log or resolve elsewhere."""
     result = {**os.environ, **GIT_ENV}
     result["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{result.get('PATH', '')}"
-    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+    # IMGCLUST_CACHE_DIR: a project keeps its own per-image cache (.imgclust/cache), as a user's does
+    for name in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "IMGCLUST_CACHE_DIR"):
         result.pop(name, None)
     return {**result, **extra}
 

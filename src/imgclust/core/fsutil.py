@@ -164,14 +164,16 @@ def read_csv(path: Path, required: Sequence[str] = ()) -> list[dict]:
 
 
 def read_image_listing(listing: Path, image_dir: Path, required: Sequence[str], producer: str) -> list[dict]:
-    """Rows of a manifest whose ``path`` column names files under ``image_dir``; refuses an empty
-    listing or one naming missing files, telling to rerun ``producer`` (the stage that writes it)."""
+    """Rows of a manifest whose ``path`` column names items of the pack ``image_dir``; refuses an
+    empty listing or one naming missing items, telling to rerun ``producer`` (the stage that writes it)."""
+    from imgclust.core.packs import open_pack
     from imgclust.errors import InputDataError
 
     rows = read_csv(listing, required=required)
     if not rows:
         raise InputDataError(f"{listing}: lists no image; rerun the {producer} stage.")
-    missing = [row["path"] for row in rows if not (Path(image_dir) / row["path"]).is_file()]
+    pack = open_pack(image_dir)
+    missing = [row["path"] for row in rows if row["path"] not in pack]
     if missing:
         raise InputDataError(
             f"{len(missing)} image(s) listed in {listing} are missing in {image_dir}, "

@@ -49,6 +49,13 @@ def save_new_png(array: np.ndarray, path: Path) -> None:
         raise error from exc
 
 
+def png_bytes(array: np.ndarray) -> bytes:
+    """``array`` encoded as the PNG that ``save_new_png`` writes."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
 def resample_filter(name: str) -> Image.Resampling:
     try:
         return RESAMPLE_FILTERS[name]

@@ -382,8 +382,13 @@ def thumbnails_with_copies(
     index: list[dict], clusters: np.ndarray, image_dir: Path, per_cluster: int, seed: int = 0
 ) -> tuple[dict[int, list[np.ndarray]], dict[int, list[str]], dict[int, list[bool]]]:
     """``thumbnails_by_cluster`` and, per thumbnail, whether it is an augmented copy."""
+    import io
+
     from PIL import Image
 
+    from imgclust.core.packs import open_pack
+
+    pack = open_pack(image_dir, producer="augment")
     rng = np.random.default_rng(seed)
     images: dict[int, list[np.ndarray]] = {}
     captions: dict[int, list[str]] = {}
@@ -397,7 +402,7 @@ def thumbnails_with_copies(
         ):
             take = min(per_cluster - len(chosen), len(pool))
             chosen += sorted(rng.choice(pool, size=take, replace=False).tolist()) if take > 0 else []
-        images[cluster] = [np.asarray(Image.open(image_dir / index[i]["file"])) for i in chosen]
+        images[cluster] = [np.asarray(Image.open(io.BytesIO(pack.read(index[i]["file"])))) for i in chosen]
         captions[cluster] = [
             index[i]["class"] + ("" if index[i]["op"] == "none" else f" ({index[i]['op']})") for i in chosen
         ]

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclust.core.fsutil import class_folders, is_image_file
 from imgclust.core.images import check_ops
 from imgclust.errors import InputDataError, OutputCollisionError, ParamError
 
@@ -24,14 +23,10 @@ AUGMENTED_FIELDS = ("path", "class", "split", "source", "op")
 
 
 def list_images(image_dir: Path) -> list[tuple[str, str]]:
-    """(relative path, class) of every image under ``image_dir``'s class folders, sorted."""
-    image_dir = Path(image_dir)
-    return [
-        (p.relative_to(image_dir).as_posix(), folder.name)
-        for folder in class_folders(image_dir)
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and is_image_file(p)
-    ]
+    """(relative path, class) of every image of the pack ``image_dir``, sorted."""
+    from imgclust.core.packs import Pack
+
+    return [(path, path.split("/", 1)[0]) for path in Pack(image_dir, producer="resize").paths()]
 
 
 def split_rows(items: list[tuple[str, str]], test_size: float, seed: int, stratify: bool = True) -> list[dict]:

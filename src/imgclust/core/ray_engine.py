@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclust import errors
-from imgclust.errors import ImgclustError, ParamError, RayEngineError
+from imgclust.errors import ImgclustError, InputDataError, ParamError, RayEngineError
 
 ENGINES = ("local", "ray")
 S3_PREFIX = "s3://"
@@ -102,20 +102,25 @@ def ready(obj):
     return obj
 
 
-def _read_block(batch: dict) -> dict:
-    """Encoded bytes of the block's images (a Ray task): local files on the driver's node, or s3://
-    objects from wherever the task runs. A file that cannot be read becomes an error, not a failure."""
+def _read_block(batch: dict, read: Callable[[str], bytes] | None = None) -> dict:
+    """Encoded bytes of the block's images (a Ray task): local files (or, through ``read``, items of
+    a pack) on the driver's node, or s3:// objects from wherever the task runs. A file that cannot
+    be read becomes an error, not a failure."""
     paths = [str(p) for p in batch["path"]]
     data, error_type, error = [], [], []
     for path in paths:
         try:
-            data.append(_read_bytes(path))
+            data.append((read or _read_bytes)(path))
             error_type.append("")
             error.append("")
         except OSError as exc:
             data.append(b"")
             error_type.append("InputDataError")
             error.append(f"{path}: cannot be read ({exc.strerror or exc})")
+        except InputDataError as exc:  # a damaged pack
+            data.append(b"")
+            error_type.append("InputDataError")
+            error.append(str(exc))
     return {
         "idx": batch["idx"],
         "path": np.asarray(paths, dtype=object),
@@ -203,11 +208,13 @@ def extract(
     extractor_factory: Callable,
     decode: Callable[[str, bytes], np.ndarray],
     settings: RaySettings,
+    read: Callable[[str], bytes] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]]:
     """Feature rows of ``items`` (file paths, or s3:// URIs) computed on Ray, in input order, one
     block at a time: ``(idx, features, errors)`` with ``errors[i] = (exception name, message)`` or
     ``("", "")``. Each actor calls ``extractor_factory()`` once (it returns an extractor ready to
-    ``transform`` a list of arrays) and ``decode(path, bytes)`` per image (picklable callables).
+    ``transform`` a list of arrays) and ``decode(path, bytes)`` per image (picklable callables);
+    ``read(item)``, if given, reads a local item's bytes (e.g. ``packs.read_named``).
 
     The caller must consume the iterator to the end (or close it): it holds the Ray connection.
     """
@@ -233,6 +240,7 @@ def extract(
         # time, each a worker process, a block ahead of the actors
         read = source.map_batches(
             _read_block,
+            fn_kwargs={"read": read},
             batch_format="numpy",
             batch_size=None,
             num_cpus=0,

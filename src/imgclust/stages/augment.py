@@ -1,5 +1,5 @@
-"""Stage augment: balance the training classes with rotations and flips, writing data/augmented,
-its manifest and a report, by the protocol of ``protocol`` (see ``imgclust.core.protocols``)."""
+"""Stage augment: balance the training classes with rotations and flips, writing the pack
+data/augmented (originals and copies), its manifest and a report, by the protocol of ``protocol`` (see ``imgclust.core.protocols``)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,10 @@ import numpy as np
 import typer
 
 from imgclust import config
-from imgclust.core.fsutil import (
-    NAME_MAX,
-    atomic_dir,
-    link_or_copy,
-    long_names,
-    read_image_listing,
-    write_csv,
-    write_json,
-)
-from imgclust.core.images import apply_op, check_ops, open_image, save_new_png
+from imgclust.core.fsutil import NAME_MAX, atomic_dir, long_names, read_image_listing, write_csv, write_json
+from imgclust.core.images import apply_op, check_ops, open_image, png_bytes
+from imgclust.core.item_cache import NO_CACHE, ItemCache, cached, writable
+from imgclust.core.packs import open_pack, write_pack
 from imgclust.core.parallel import pmap
 from imgclust.core.protocols import AUGMENTED_FIELDS, check_protocol, parse_tutorial_ops, plan_honest, plan_tutorial
 from imgclust.errors import InputDataError
@@ -29,18 +23,15 @@ from imgclust.errors import InputDataError
 PARAMS = ("protocol", "augment", "split")
 
 
-def _materialise(items: list[dict], in_dir: Path, out_dir: Path) -> None:
-    """Write every planned file of ONE source image, decoding the source at most once."""
+def _augment_one(jobs: list[tuple[str, str, str]], in_dir: Path, cache: ItemCache) -> None:
+    """Put the planned copies ``(source, op, key)`` of ONE source image into ``cache``, decoding the
+    source once."""
+    pack = open_pack(in_dir)
     array = None
-    for item in items:
-        target = out_dir / item["path"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if item["op"] == "none":
-            link_or_copy(in_dir / item["source"], target)
-            continue
+    for source, op, key in jobs:
         if array is None:
-            array = np.asarray(open_image(in_dir / item["source"]))
-        save_new_png(apply_op(array, item["op"]), target)
+            array = np.asarray(open_image(pack.name(source), data=pack.read(source)))
+        cache.put(key, png_bytes(apply_op(array, op)))
 
 
 def augment(
@@ -57,13 +48,15 @@ def augment(
     test_size: float,
     split_seed: int,
     workers: int | None = None,
+    cache: ItemCache = NO_CACHE,
 ) -> dict:
     """Write the planned originals and copies to ``out_dir`` and the plan to ``manifest_path``.
-    ``test_size`` and ``split_seed``: the tutorial protocol's split (the honest one reads ``split_csv``)."""
+    ``test_size`` and ``split_seed``: the tutorial protocol's split (the honest one reads ``split_csv``).
+    Copies that ``cache`` holds (same source content, op and code) are not computed again."""
     check_protocol(protocol)
     in_dir = Path(in_dir)
     split = read_image_listing(split_csv, in_dir, ("path", "class", "split"), "split")
-    first = open_image(in_dir / split[0]["path"])
+    first = open_image(in_dir / split[0]["path"], data=open_pack(in_dir).read(split[0]["path"]))
     square = first.width == first.height
     if protocol == "honest":
         check_ops(ops, square)
@@ -81,17 +74,24 @@ def augment(
             f"e.g. {row['path']!r} (from {in_dir / row['source']}); rename the source image(s) to a shorter "
             "name and rerun the pipeline."
         )
-    with atomic_dir(out_dir) as tmp:
-        by_source: dict[str, list[dict]] = defaultdict(list)
-        for item in plan:
-            by_source[item["source"]].append(item)
-        pmap(
-            partial(_materialise, in_dir=in_dir, out_dir=tmp),
-            list(by_source.values()),
-            desc="augment",
-            unit="source",
-            workers=workers,
-        )
+    resized = open_pack(in_dir, producer="resize")
+    # a copy is keyed by its source's content and its op: its name is not part of it
+    keys = {row["path"]: cache.key(resized.sha256(row["source"]), row["op"]) for row in plan if row["op"] != "none"}
+    with writable(cache, Path(out_dir).parent) as store:
+        jobs: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
+        for row in plan:
+            if row["op"] != "none" and not store.has(keys[row["path"]]):
+                jobs[row["source"]].append((row["source"], row["op"], keys[row["path"]]))
+        work = partial(_augment_one, in_dir=resized.folder, cache=store)
+        pmap(work, [jobs[source] for source in sorted(jobs)], desc="augment", unit="source", workers=workers)
+
+        def content(row: dict) -> bytes:
+            if row["op"] == "none":
+                return resized.read(row["source"])
+            return cached(store, keys[row["path"]], row["path"])
+
+        with atomic_dir(out_dir) as tmp:
+            write_pack(tmp, ((row["path"], content(row)) for row in sorted(plan, key=lambda row: row["path"])))
     write_csv(manifest_path, plan, AUGMENTED_FIELDS)
     counts = Counter((row["split"], row["class"]) for row in plan)
     summary: dict = defaultdict(dict)
@@ -120,6 +120,7 @@ def run(src: Path, split_csv: Path, out: Path, manifest: Path, report: Path, par
         tutorial_ops=augment_params.tutorial_ops,
         test_size=params.split.test_size,
         split_seed=params.split.seed,
+        cache=config.item_cache("augment", __file__, {}),
     )
     write_json(report, result)
     return result

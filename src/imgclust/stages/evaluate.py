@@ -111,11 +111,16 @@ def training_images(
     index: list[dict], images: Path, raw_manifest: Path | None, meta: dict, resample: str
 ) -> dict[str, object]:
     """``image_profile.training_profile`` of the original images (no augmented copies), for predict."""
+    import io
+
     from PIL import Image
 
+    from imgclust.core.packs import open_pack
+
+    pack = open_pack(images, producer="augment")
     originals = [r for r in index if r["op"] == "none"]
     originals = originals[:: -(-len(originals) // PROFILE_IMAGES)]  # an even sample of a large set
-    arrays = [np.asarray(Image.open(images / r["file"])) for r in originals]
+    arrays = [np.asarray(Image.open(io.BytesIO(pack.read(r["file"])))) for r in originals]
     used = {r["source"] for r in originals}
     raw_rows = [r for r in read_csv(raw_manifest) if r["path"] in used] if raw_manifest else []
     height, width = meta["image_shape"][:2]

@@ -1,4 +1,6 @@
-"""Stage featurize: data/augmented as a feature store (pixels: uint8, cnn: float32 embeddings)."""
+"""Stage featurize: the pack data/augmented as a feature store (pixels: uint8, cnn: float32
+embeddings). Rows computed before for the same image content, settings and code are read from the
+per-image cache instead (``core.item_cache``)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from imgclust import config
 from imgclust.core.feature_store import METHOD_DTYPES, FeatureStoreWriter
 from imgclust.core.fsutil import atomic_dir, read_image_listing
 from imgclust.core.images import open_image
+from imgclust.core.item_cache import NO_CACHE, ItemCache, cached, writable
+from imgclust.core.packs import open_pack, read_named
 from imgclust.core.parallel import imap, iter_batches
 from imgclust.errors import InputDataError
 
@@ -22,6 +26,13 @@ PARAMS = ("featurize",)
 def _load_stored(path: Path, data: bytes | None = None) -> np.ndarray:
     # images in data/augmented are already resized and converted; keep their stored mode
     return np.asarray(open_image(path, data=data), dtype=np.uint8)
+
+
+def _load_item(job: tuple[Path, str]) -> np.ndarray:
+    """An image of a pack, decoded (in a worker process, which opens the pack once)."""
+    folder, path = job
+    pack = open_pack(folder)
+    return _load_stored(pack.name(path), pack.read(path))
 
 
 def _fitted_extractor(method: str, cnn_params: dict):
@@ -35,7 +46,7 @@ def _fitted_extractor(method: str, cnn_params: dict):
 def _listing(manifest_csv: Path, image_dir: Path) -> tuple[list[dict], np.ndarray]:
     """The manifest's rows and its first image, whose shape every other image must have."""
     rows = read_image_listing(manifest_csv, image_dir, ("path", "class", "split", "source", "op"), "augment")
-    return rows, _load_stored(image_dir / rows[0]["path"])
+    return rows, _load_item((image_dir, rows[0]["path"]))
 
 
 def _check_shapes(image_dir, shapes: set[tuple]) -> None:
@@ -50,6 +61,20 @@ def _decode_checked(image_dir: str, shape: tuple, path: str, data: bytes) -> np.
     return array
 
 
+# a cache entry: the image's shape (height, width, channels; 0 for gray) and the feature row
+_SHAPE = np.dtype("<u4")
+
+
+def _entry(shape: tuple, row: np.ndarray) -> bytes:
+    return np.array([*shape, 0][:3], dtype=_SHAPE).tobytes() + row.tobytes()
+
+
+def _entry_row(data: bytes, dtype, image_dir: Path, first_shape: tuple) -> np.ndarray:
+    shape = tuple(int(n) for n in np.frombuffer(data[: 3 * _SHAPE.itemsize], dtype=_SHAPE))
+    _check_shapes(image_dir, {tuple(n for n in shape if n) if shape[2] == 0 else shape, tuple(first_shape)})
+    return np.frombuffer(data[3 * _SHAPE.itemsize :], dtype=dtype)
+
+
 def featurize(
     image_dir: Path,
     manifest_csv: Path,
@@ -60,35 +85,85 @@ def featurize(
     batch_size: int,
     engine: str = "local",
     ray_settings=None,
+    cache: ItemCache = NO_CACHE,
 ) -> dict:
     """Write the feature store of the images listed in ``manifest_csv`` (rows in manifest order) to
-    ``out_dir``; return its meta data. Features are written batch by batch, so memory stays bounded.
+    ``out_dir``; return its meta data. Features are computed batch by batch, so memory stays bounded,
+    and only for images whose row ``cache`` does not hold (same image content, settings and code).
     ``engine`` "ray" computes them on Ray (``core.ray_engine``, with ``ray_settings``)."""
     from tqdm import tqdm
 
-    image_dir = Path(image_dir)
+    image_dir, out_dir = Path(image_dir), Path(out_dir)
     if engine == "ray":
-        return _featurize_ray(image_dir, manifest_csv, out_dir, method, cnn_params, ray_settings)
+        from imgclust.core import ray_engine
+
+        ray_engine.import_ray()  # a missing extra fails here, before any image is read
     # fitting builds the CNN: missing weights fail here, before any image is read
     extractor = _fitted_extractor(method, cnn_params)
     rows, first = _listing(manifest_csv, image_dir)
+    pack = open_pack(image_dir, producer="augment")
     n_features = extractor.transform([first]).shape[1]
     dtype = METHOD_DTYPES[method]
-    with atomic_dir(out_dir) as tmp:
-        store = FeatureStoreWriter(tmp, len(rows), n_features, dtype)
-        with tqdm(total=len(rows), desc=f"featurize ({method})", unit="img", disable=None, leave=False) as bar:
-            # decoding runs in worker processes while this one extracts and writes
-            decoded = imap(_load_stored, [image_dir / r["path"] for r in rows])
-            for batch in iter_batches(rows, batch_size):
-                arrays = [next(decoded) for _ in batch]
-                _check_shapes(image_dir, {a.shape for a in arrays} | {first.shape})
-                store.append(extractor.transform(arrays))
-                bar.update(len(batch))
-        return _close(store, rows, method, first, extractor)
+    keys = [cache.key(pack.sha256(row["path"])) for row in rows]
+    with writable(cache, out_dir.parent) as store:
+        todo = {key: row["path"] for key, row in zip(keys, rows) if not store.has(key)}  # each content once
+        compute = _compute_ray if engine == "ray" else _compute_local
+        desc = f"featurize ({method}{', ray' if engine == 'ray' else ''})"
+        with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
+            for batch_keys, shapes, features in compute(
+                pack, list(todo.items()), extractor, method, cnn_params, batch_size, first.shape, ray_settings
+            ):
+                features = np.asarray(features).astype(dtype, copy=False)
+                for key, shape, row in zip(batch_keys, shapes, features):
+                    store.put(key, _entry(shape, row))
+                bar.update(len(batch_keys))
+        with atomic_dir(out_dir) as tmp:
+            writer = FeatureStoreWriter(tmp, len(rows), n_features, dtype)
+            for batch in iter_batches(range(len(rows)), batch_size):
+                writer.append(
+                    np.stack(
+                        [
+                            _entry_row(cached(store, keys[i], rows[i]["path"]), dtype, image_dir, first.shape)
+                            for i in batch
+                        ]
+                    )
+                )
+            return _close(writer, rows, method, first, extractor)
+
+
+def _compute_local(pack, todo, extractor, method, cnn_params, batch_size, first_shape, settings):
+    """(keys, image shapes, features) of the images ``todo`` ((key, path)), batch by batch: decoded
+    in worker processes while this one extracts."""
+    decoded = imap(_load_item, [(pack.folder, path) for _, path in todo])
+    for batch in iter_batches(todo, batch_size):
+        arrays = [next(decoded) for _ in batch]
+        _check_shapes(pack.folder, {a.shape for a in arrays} | {tuple(first_shape)})
+        yield [key for key, _ in batch], [a.shape for a in arrays], extractor.transform(arrays)
+
+
+def _compute_ray(pack, todo, extractor, method, cnn_params, batch_size, first_shape, settings):
+    """As ``_compute_local``, on Ray: each actor builds ``_fitted_extractor`` once; the driver's
+    node reads the images from the pack and streams them to the actors; rows come back in order."""
+    import contextlib
+    import functools
+
+    from imgclust.core import ray_engine
+
+    names = [str(pack.name(path)) for _, path in todo]
+    factory = functools.partial(_fitted_extractor, method, cnn_params)
+    decode = functools.partial(_decode_checked, str(pack.folder), tuple(first_shape))
+    read = functools.partial(read_named, str(pack.folder))
+    with contextlib.closing(ray_engine.extract(names, factory, decode, settings, read=read)) as blocks:
+        for idx, features, errors in blocks:
+            for error_type, message in errors:
+                if message:
+                    ray_engine.raise_error(error_type, message)
+            # every image has the first one's shape (checked by decode in the actors)
+            yield [todo[i][0] for i in idx], [tuple(first_shape)] * len(idx), features
 
 
 def _close(store: FeatureStoreWriter, rows: list[dict], method: str, first: np.ndarray, extractor) -> dict:
-    """Write the store's index and meta data (the same for both engines); return the meta data."""
+    """Write the store's index and meta data; return the meta data."""
     meta = {
         "method": method,
         "n_samples": len(rows),
@@ -106,40 +181,6 @@ def _close(store: FeatureStoreWriter, rows: list[dict], method: str, first: np.n
         meta,
     )
     return meta
-
-
-def _featurize_ray(image_dir: Path, manifest_csv: Path, out_dir: Path, method: str, cnn_params: dict, settings) -> dict:
-    """featurize with engine ray: each actor builds ``_fitted_extractor`` once; the driver reads the
-    images, streams them to the actors and writes the rows, in order, as they come back."""
-    import contextlib
-    import functools
-
-    from tqdm import tqdm
-
-    from imgclust.core import ray_engine
-    from imgclust.core.extractors import make_extractor
-
-    ray_engine.import_ray()  # a missing extra fails here, before any image is read
-    unfitted = make_extractor(method, cnn_params)  # checks the method; its parameters go into meta
-    rows, first = _listing(manifest_csv, image_dir)
-    paths = [image_dir / r["path"] for r in rows]
-    factory = functools.partial(_fitted_extractor, method, cnn_params)
-    decode = functools.partial(_decode_checked, str(image_dir), first.shape)
-    store = None
-    with (
-        atomic_dir(out_dir) as tmp,
-        tqdm(total=len(rows), desc=f"featurize ({method}, ray)", unit="img", disable=None, leave=False) as bar,
-        contextlib.closing(ray_engine.extract(paths, factory, decode, settings)) as blocks,
-    ):
-        for _, features, errors in blocks:
-            for error_type, message in errors:
-                if message:
-                    ray_engine.raise_error(error_type, message)
-            if store is None:  # the width of the rows is known from the first block
-                store = FeatureStoreWriter(tmp, len(rows), features.shape[1], METHOD_DTYPES[method])
-            store.append(features)
-            bar.update(len(features))
-        return _close(store, rows, method, first, unfitted)
 
 
 def cnn_params(params: config.CnnParams) -> dict:
@@ -164,6 +205,8 @@ def run(src: Path, manifest: Path, out: Path, params: config.FeaturizeParams) ->
         batch_size=params.batch_size,
         engine=params.engine,
         ray_settings=ray_settings(params.ray),
+        # the engine and its settings do not change a row (checked by tests/system/test_ray_engine.py)
+        cache=config.item_cache("featurize", __file__, params.model_dump(exclude={"engine", "ray"})),
     )
 
 

@@ -1,9 +1,10 @@
 """Stage ingest: snapshot ``data.source`` (a folder of class subfolders, or an archive of one) into
-data/raw, with a manifest of every file and a report."""
+data/raw, a pack of its files (``core.packs``), with a manifest of every file and a report."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import warnings
@@ -28,6 +29,8 @@ from imgclust.core.fsutil import (
     write_json,
 )
 from imgclust.core.images import check_image
+from imgclust.core.item_cache import NO_CACHE, ItemCache
+from imgclust.core.packs import write_pack
 from imgclust.core.parallel import pmap
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
 
@@ -167,36 +170,48 @@ def _read_regular_file(path: Path) -> bytes:
         return fh.read()
 
 
-def _snapshot_one(path: Path, source: Path, raw_dir: Path) -> dict:
-    """Read ``path`` once: check that it is an intact image, hash it and write it to ``raw_dir``.
-
-    Returns its manifest row, or ``{"path", "error"}`` for a file that does not decode (not written).
-    """
+def _check_one(path: Path, source: Path, cache) -> dict:
+    """Read ``path`` once: hash it and check that it is an intact image (a check already passed by
+    the same bytes is read from ``cache``). Returns its manifest row, or ``{"path", "error"}`` for
+    a file that does not decode."""
     rel = path.relative_to(source).as_posix()
     try:
         data = _read_regular_file(path)
     except OSError as exc:  # replaced or removed since the scan
         return {"path": rel, "error": f"unreadable: {exc.strerror or exc}"}
-    try:
-        # Pillow only warns between its pixel limit and twice that; refuse those images too
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            width, height, mode = check_image(path, data)
-    except CorruptImageError as exc:
-        return {"path": rel, "error": str(exc.__cause__ or exc)}
-    except Image.DecompressionBombWarning as exc:
-        return {"path": rel, "error": f"refused: {exc}"}
-    target = raw_dir / rel
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    key = cache.key(digest, path.suffix.lower())  # the suffix is part of the check (is_image_file)
+    if (cached := cache.get(key)) is not None:
+        width, height, mode = json.loads(cached)
+    else:
+        try:
+            # Pillow only warns between its pixel limit and twice that; refuse those images too
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                width, height, mode = check_image(path, data)
+        except CorruptImageError as exc:
+            return {"path": rel, "error": str(exc.__cause__ or exc)}
+        except Image.DecompressionBombWarning as exc:
+            return {"path": rel, "error": f"refused: {exc}"}
+        cache.put(key, json.dumps([width, height, mode]).encode())
     return {
         "path": rel,
         "class": path.relative_to(source).parts[0],
         "width": width,
         "height": height,
         "mode": mode,
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "sha256": digest,
     }
+
+
+def _checked_bytes(source: Path, row: dict) -> tuple[str, bytes]:
+    """The bytes of a checked file, read again to be packed: refused if they changed since."""
+    data = _read_regular_file(source / row["path"])
+    if hashlib.sha256(data).hexdigest() != row["sha256"]:
+        raise SourceError(
+            f"{source / row['path']}: changed while it was ingested; rerun ingest when the source is still."
+        )
+    return row["path"], data
 
 
 def ingest(
@@ -208,13 +223,14 @@ def ingest(
     workers: int | None = None,
     sha256: str = "",
     limits: Limits = Limits(),
+    cache: ItemCache = NO_CACHE,
 ) -> IngestReport:
     """Snapshot every intact image of ``source`` into ``raw_dir`` and write its manifest.
 
     ``source`` is a folder of class subfolders, or a .zip/.tar.gz/.tgz of one (a local path or an
     http(s) URL), verified against ``sha256`` before extraction (required for URLs).
     Corrupt images fail the stage (listing every one) unless ``skip_corrupt``. ``limits`` bound what
-    an archive may unpack to.
+    an archive may unpack to. ``cache`` keeps the image checks of files already seen.
     """
     with source_folder(source, sha256, limits) as resolved:
         report = _ingest_folder(
@@ -224,32 +240,40 @@ def ingest(
             skip_corrupt=skip_corrupt,
             workers=workers,
             label=None if resolved.archive_sha256 is None else str(source),
+            cache=cache,
         )
     report.source = {"source": str(source), "archive_sha256": resolved.archive_sha256}
     return report
 
 
 def _ingest_folder(
-    source: Path, raw_dir: Path, manifest_path: Path, *, skip_corrupt: bool, workers: int | None, label: str | None
+    source: Path,
+    raw_dir: Path,
+    manifest_path: Path,
+    *,
+    skip_corrupt: bool,
+    workers: int | None,
+    label: str | None,
+    cache: ItemCache,
 ) -> IngestReport:
     """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
     files, ignored = survey_source(source)
     all_files = [path for paths in files.values() for path in paths]
-    with atomic_dir(raw_dir) as tmp:
-        # workers write the snapshot as they validate it; a failure below discards it whole
-        described = pmap(
-            partial(_snapshot_one, source=source, raw_dir=tmp), all_files, desc="ingest", unit="file", workers=workers
+    described = pmap(
+        partial(_check_one, source=source, cache=cache), all_files, desc="ingest", unit="file", workers=workers
+    )
+    corrupt = [row for row in described if "error" in row]
+    if corrupt and not skip_corrupt:
+        named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
+        listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
+        raise CorruptImageError(
+            f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
+            "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
+            named,
         )
-        corrupt = [row for row in described if "error" in row]
-        if corrupt and not skip_corrupt:
-            named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
-            listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
-            raise CorruptImageError(
-                f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
-                "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
-                named,
-            )
-    rows = [row for row in described if "error" not in row]
+    rows = sorted((row for row in described if "error" not in row), key=lambda row: row["path"])
+    with atomic_dir(raw_dir) as tmp:
+        write_pack(tmp, (_checked_bytes(source, row) for row in rows))
     report = IngestReport(
         ignored=list(ignored),
         ignored_reasons=ignored,
@@ -270,6 +294,7 @@ def run(out: Path, manifest: Path, report: Path, data: config.DataParams, params
         skip_corrupt=params.skip_corrupt,
         sha256=data.sha256,
         limits=Limits(params.max_archive_bytes, params.max_compression_ratio),
+        cache=config.item_cache("ingest", __file__, {}),
     )
     write_json(report, result.to_dict())
     return result

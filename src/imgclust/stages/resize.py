@@ -1,15 +1,20 @@
-"""Stage resize: every image of data/stripped at one size and color mode, in parallel."""
+"""Stage resize: every image of the pack data/stripped at one size and color mode, in parallel,
+into the pack data/resized. Images resized before with the same settings and code are read from
+the per-image cache instead (``core.item_cache``)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import typer
 
 from imgclust import config
-from imgclust.core.fsutil import NAME_MAX, atomic_dir, class_folders, is_image_file, long_names
-from imgclust.core.images import COPY_NAME_RESERVE, MAX_IMAGE_SIDE, load_array, pil_mode, resample_filter, save_new_png
+from imgclust.core.fsutil import NAME_MAX, atomic_dir, long_names
+from imgclust.core.images import COPY_NAME_RESERVE, MAX_IMAGE_SIDE, load_array, pil_mode, png_bytes, resample_filter
+from imgclust.core.item_cache import NO_CACHE, ItemCache, cached, writable
+from imgclust.core.packs import open_pack, write_pack
 from imgclust.core.parallel import pmap
 from imgclust.errors import InputDataError, OutputCollisionError, ParamError
 
@@ -17,58 +22,72 @@ from imgclust.errors import InputDataError, OutputCollisionError, ParamError
 PARAMS = ("resize",)
 
 
-def _resize_one(job: tuple[Path, Path], size: tuple[int, int], color_mode: str, resample: str) -> None:
-    source, target = job
-    array = load_array(source, color_mode, size, resample)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    save_new_png(array, target)
+def _resize_one(job: tuple[str, str], in_dir: Path, cache: ItemCache, settings: tuple) -> None:
+    """Resize one image of the pack ``in_dir`` into ``cache`` under ``key``."""
+    path, key = job
+    pack = open_pack(in_dir)
+    size, color_mode, resample = settings
+    cache.put(key, png_bytes(load_array(pack.name(path), color_mode, size, resample, data=pack.read(path))))
 
 
 def resize_images(
-    in_dir: Path, out_dir: Path, width: int, height: int, color_mode: str, resample: str, workers: int | None = None
+    in_dir: Path,
+    out_dir: Path,
+    width: int,
+    height: int,
+    color_mode: str,
+    resample: str,
+    workers: int | None = None,
+    cache: ItemCache = NO_CACHE,
 ) -> dict:
-    """Decode each image (EXIF orientation, any mode), convert to ``color_mode``, resize to
-    ``width`` x ``height`` and save it as PNG under the same relative path in ``out_dir``."""
+    """Decode each image of the pack ``in_dir`` (EXIF orientation, any mode), convert to
+    ``color_mode``, resize to ``width`` x ``height`` and write it as PNG under the same relative path
+    (suffix .png) to the pack ``out_dir``. Images whose result ``cache`` holds are not decoded again."""
     if not (1 <= width <= MAX_IMAGE_SIDE and 1 <= height <= MAX_IMAGE_SIDE):
         raise ParamError(
             f"resize.width and resize.height must be between 1 and {MAX_IMAGE_SIDE}, got {width}x{height}."
         )
     pil_mode(color_mode), resample_filter(resample)  # validate before any work
     in_dir = Path(in_dir)
-    sources = [
-        p for folder in class_folders(in_dir) for p in sorted(folder.rglob("*")) if p.is_file() and is_image_file(p)
-    ]
-    targets: dict[Path, Path] = {}
-    for source in sources:
-        rel = source.relative_to(in_dir).with_suffix(".png")
+    pack = open_pack(in_dir, producer="strip_masks")
+    targets: dict[str, str] = {}
+    for source in pack.paths():
+        rel = PurePosixPath(source).with_suffix(".png").as_posix()
         if rel in targets:
             raise OutputCollisionError(
-                f"{source} and {targets[rel]} would both be written as {rel}; rename one of them."
+                f"{pack.name(source)} and {pack.name(targets[rel])} would both be written as {rel}; rename one of them."
             )
         targets[rel] = source
-    too_long = long_names((rel.as_posix() for rel in targets), extra=COPY_NAME_RESERVE)
+    too_long = long_names(targets, extra=COPY_NAME_RESERVE)
     if too_long:
         raise InputDataError(
             f"{len(too_long)} file name(s) in {in_dir} are too long, e.g. {too_long[0]!r}: augmented copies add up "
             f"to {COPY_NAME_RESERVE} bytes to a name, and the file system allows {NAME_MAX}. Rename them to at "
             f"most {NAME_MAX - COPY_NAME_RESERVE} bytes (with .png) in the source and rerun."
         )
-    counts: dict[str, int] = {}
-    with atomic_dir(out_dir) as tmp:
-        jobs = [(source, tmp / rel) for rel, source in targets.items()]
-        pmap(
-            partial(_resize_one, size=(width, height), color_mode=color_mode, resample=resample),
-            jobs,
-            desc="resize",
-            workers=workers,
-        )
-        for rel in targets:
-            counts[rel.parts[0]] = counts.get(rel.parts[0], 0) + 1
-    return {"images_per_class": counts, "n_images": len(targets), "width": width, "height": height, "mode": color_mode}
+    settings = ((width, height), color_mode, resample)
+    # one entry per source image content and settings: the output name is not part of it
+    keys = {rel: cache.key(pack.sha256(source), repr(settings)) for rel, source in targets.items()}
+    with writable(cache, Path(out_dir).parent) as store:
+        missing = sorted({(source, keys[rel]) for rel, source in targets.items() if not store.has(keys[rel])})
+        work = partial(_resize_one, in_dir=pack.folder, cache=store, settings=settings)
+        pmap(work, missing, desc="resize", workers=workers)
+        with atomic_dir(out_dir) as tmp:
+            write_pack(tmp, ((rel, cached(store, keys[rel], rel)) for rel in sorted(targets)))
+    counts = Counter(rel.split("/", 1)[0] for rel in targets)
+    return {
+        "images_per_class": dict(sorted(counts.items())),
+        "n_images": len(targets),
+        "n_computed": len(missing),
+        "width": width,
+        "height": height,
+        "mode": color_mode,
+    }
 
 
 def run(src: Path, out: Path, params: config.ResizeParams) -> dict:
-    return resize_images(src, out, params.width, params.height, params.mode, params.resample)
+    cache = config.item_cache("resize", __file__, params.model_dump())
+    return resize_images(src, out, params.width, params.height, params.mode, params.resample, cache=cache)
 
 
 def command(

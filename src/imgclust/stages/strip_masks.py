@@ -1,16 +1,17 @@
-"""Stage strip_masks: pass data/raw on to data/stripped without the segmentation mask files (files
-linked, not copied). The report lists what each pattern removed, and the console warns about every
+"""Stage strip_masks: pass the pack data/raw on to the pack data/stripped without the segmentation
+mask files. The report lists what each pattern removed, and the console warns about every
 removed file that has no image beside it (``x_mask.png`` without ``x.png``): likely a real image."""
 
 from __future__ import annotations
 
 import fnmatch
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import typer
 
 from imgclust import config
-from imgclust.core.fsutil import atomic_dir, class_folders, is_image_file, link_or_copy, write_json
+from imgclust.core.fsutil import atomic_dir, write_json
+from imgclust.core.packs import Pack, write_pack
 from imgclust.errors import EmptyClassError, ParamError
 
 # the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
@@ -27,7 +28,7 @@ def matching_pattern(name: str, patterns: list[str]) -> str | None:
     return next((pattern for pattern in patterns if fnmatch.fnmatchcase(name.lower(), pattern.lower())), None)
 
 
-def _has_image_beside(mask: Path, image_stems: set[str]) -> bool:
+def _has_image_beside(mask: PurePosixPath, image_stems: set[str]) -> bool:
     """Whether an image kept in the mask's folder is what the mask outlines: its stem followed by a
     separator starts the mask's stem (``x.png`` for ``x_mask.png`` or ``x_mask_1.png``)."""
     stem = mask.stem.lower()
@@ -35,46 +36,47 @@ def _has_image_beside(mask: Path, image_stems: set[str]) -> bool:
 
 
 def strip_masks(raw_dir: Path, out_dir: Path, patterns: list[str]) -> dict:
-    """Pass every image of ``raw_dir`` that matches none of the mask ``patterns`` (fnmatch, on the
-    file name, case-insensitive) on to ``out_dir`` unchanged (linked or copied); ``raw_dir`` is only
+    """Pass every image of the pack ``raw_dir`` that matches none of the mask ``patterns`` (fnmatch,
+    on the file name, case-insensitive) on to the pack ``out_dir`` unchanged; ``raw_dir`` is only
     read. Returns counts, the files each pattern removed (a file under the first pattern it
     matches), and the removed files with no image beside them (``x_mask.png`` without ``x.png``):
     probably real images whose name happens to match, which the caller should warn about."""
     if not patterns:
         raise ParamError("strip_masks.patterns is empty; give at least one mask pattern such as '*_mask*.png'.")
-    raw_dir = Path(raw_dir)
+    raw = Pack(raw_dir, producer="ingest")
+    by_class: dict[str, list[str]] = {}
+    for rel in raw.paths():
+        by_class.setdefault(rel.split("/", 1)[0], []).append(rel)
     kept: dict[str, int] = {}
     masks: dict[str, int] = {}
     removed: dict[str, list[str]] = {pattern: [] for pattern in patterns}
     alone: list[str] = []
+    keep: list[str] = []
+    for cls, paths in by_class.items():
+        folder_masks: list[PurePosixPath] = []
+        image_stems: dict[PurePosixPath, set[str]] = {}  # folder -> stems (lower case) of the images kept there
+        n_kept = 0
+        for rel in paths:
+            path = PurePosixPath(rel)
+            pattern = matching_pattern(path.name, patterns)
+            if pattern is not None:
+                removed[pattern].append(rel)
+                folder_masks.append(path)
+                continue
+            keep.append(rel)
+            image_stems.setdefault(path.parent, set()).add(path.stem.lower())
+            n_kept += 1
+        alone += [
+            mask.as_posix() for mask in folder_masks if not _has_image_beside(mask, image_stems.get(mask.parent, set()))
+        ]
+        if not n_kept:
+            raise EmptyClassError(
+                f"{raw_dir / cls}: no image left after removing masks ({len(folder_masks)} mask file(s) matched "
+                f"{patterns}). Check strip_masks.patterns or the class folder's content."
+            )
+        kept[cls], masks[cls] = n_kept, len(folder_masks)
     with atomic_dir(out_dir) as tmp:
-        for folder in class_folders(raw_dir):
-            n_kept = n_masks = 0
-            folder_masks: list[Path] = []
-            image_stems: dict[Path, set[str]] = {}  # folder -> stems (lower case) of the images kept there
-            for path in sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p)):
-                pattern = matching_pattern(path.name, patterns)
-                if pattern is not None:
-                    n_masks += 1
-                    removed[pattern].append(path.relative_to(raw_dir).as_posix())
-                    folder_masks.append(path)
-                    continue
-                target = tmp / path.relative_to(raw_dir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                link_or_copy(path, target)
-                image_stems.setdefault(path.parent, set()).add(path.stem.lower())
-                n_kept += 1
-            alone += [
-                mask.relative_to(raw_dir).as_posix()
-                for mask in folder_masks
-                if not _has_image_beside(mask, image_stems.get(mask.parent, set()))
-            ]
-            if not n_kept:
-                raise EmptyClassError(
-                    f"{folder}: no image left after removing masks ({n_masks} mask file(s) matched "
-                    f"{patterns}). Check strip_masks.patterns or the class folder's content."
-                )
-            kept[folder.name], masks[folder.name] = n_kept, n_masks
+        write_pack(tmp, raw.iter_items(keep))
     return {
         "images_per_class": kept,
         "masks_per_class": masks,

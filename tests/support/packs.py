@@ -1,0 +1,38 @@
+"""Packed datasets (``imgclust.core.packs``) from and to folders of files, for tests that build a
+stage's input by hand or look at its output file by file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from imgclust.core.fsutil import is_image_file
+from imgclust.core.packs import Pack, export, write_pack
+
+
+def pack_folder(folder: Path) -> Path:
+    """Replace ``folder`` (class subfolders of image files) by a pack of its image files, as the
+    stage before would have written it; other files (notes, hidden files) are left out, as ingest
+    leaves them out. Returns ``folder``."""
+    folder = Path(folder)
+    files = sorted(
+        (p.relative_to(folder).as_posix(), p)
+        for p in folder.rglob("*")
+        if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    items = [(rel, path.read_bytes()) for rel, path in files]
+    shutil.rmtree(folder)
+    folder.mkdir()
+    write_pack(folder, items)
+    return folder
+
+
+def unpacked(pack_dir: Path) -> Path:
+    """The items of the pack ``pack_dir`` exported as files to a sibling folder ``<name>.files``
+    (made afresh), to be looked at file by file."""
+    pack_dir = Path(pack_dir)
+    out = pack_dir.with_name(pack_dir.name + ".files")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    export(Pack(pack_dir), out)
+    return out
