@@ -35,6 +35,7 @@ COMMANDS = {
     "featurize": "imgclust.stages.featurize",
     "train": "imgclust.stages.train",
     "evaluate": "imgclust.stages.evaluate",
+    "export": "imgclust.tools.export",
     "scan-k": "imgclust.tools.scan_k",
     "compare": "imgclust.tools.compare",
     "register": "imgclust.tools.register",

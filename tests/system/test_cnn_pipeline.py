@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.cli import run_installed
+from support.packs import unpacked
 from support.project import make_project, mlflow_runs, sh, write_params
 
 FRESH_PROCESS_PREDICT = """
@@ -60,10 +61,8 @@ def test_cnn_experiment_logs_an_image_model_that_matches_evaluate(tmp_path, kera
         test_rows = [r for r in csv.DictReader(fh) if r["split"] == "test"]
     assert test_rows
     # the ORIGINAL files (before resize) of the test images, so the model's own loading is exercised
-    paths = [
-        str(next((root / "data" / "stripped").glob(f"{Path(r['file']).with_suffix('').as_posix()}.*")))
-        for r in test_rows
-    ]
+    stripped = unpacked(root / "data" / "stripped")
+    paths = [str(next(stripped.glob(f"{Path(r['file']).with_suffix('').as_posix()}.*"))) for r in test_rows]
     proc = subprocess.run(
         [
             sys.executable,

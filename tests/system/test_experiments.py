@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from imgclust.core.packs import Pack
 from support.cli import imgclust_bin
+from support.packs import unpacked
 from support.project import env, make_project, mlflow_runs, sh
 from support.servers import free_port, http_json, log_tail, mlflow_server, server_env, server_process, tool
 
@@ -255,11 +257,15 @@ def test_predict_with_registered_baseline_matches_the_pipeline(sweep, tmp_path):
     assert version.run_id == sweep["baseline_run"]
 
     out = tmp_path / "preds.csv"
-    proc = cli("predict", "data/augmented", "-o", str(out), cwd=root)
+    refused = cli("predict", "data/augmented", "-o", str(out), cwd=root, check=False)
+    assert refused.returncode == 2 and "imgclust export data/augmented" in refused.stderr
+    exported = tmp_path / "augmented"
+    cli("export", "data/augmented", "-o", str(exported), cwd=root)
+    proc = cli("predict", str(exported), "-o", str(out), cwd=root)
     rows = read_csv(out)
     expected = pipeline_predictions(root)
     assert len(rows) == len(expected) and f"{len(rows)} image(s) clustered, 0 unreadable" in proc.stdout
-    got = {str(Path(r["path"]).relative_to("data/augmented")): int(r["cluster"]) for r in rows}
+    got = {str(Path(r["path"]).relative_to(exported)): int(r["cluster"]) for r in rows}
     assert got == expected
     assert not any(r["error"] for r in rows)
 
@@ -281,8 +287,9 @@ def test_predict_reports_corrupt_files_and_fails_only_when_all_are(sweep, tmp_pa
     folder = tmp_path / "mixed"
     folder.mkdir()
     chosen = sorted(expected)[:3]
+    augmented = Pack(root / "data" / "augmented")
     for i, name in enumerate(chosen):
-        shutil.copy2(root / "data" / "augmented" / name, folder / f"img{i}.png")
+        (folder / f"img{i}.png").write_bytes(augmented.read(name))
     (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image" * 4)
 
     out = tmp_path / "mixed.csv"
@@ -374,8 +381,9 @@ def test_models_serve_champion_matches_the_pipeline(sweep, tmp_path):
     ]
     env = server_env(MLFLOW_TRACKING_URI=store_uri(root))
     log = tmp_path / "serve.log"
+    exported = unpacked(root / "data" / "augmented")
     with server_process(args, ready_url=f"{url}/ping", log=log, cwd=tmp_path, env=env):
-        paths = [[str(root / "data" / "augmented" / name)] for name in files]
+        paths = [[str(exported / name)] for name in files]
         status, body = http_json(
             url + "/invocations", {"dataframe_split": {"columns": ["path"], "data": paths}}, timeout=60
         )

@@ -6,6 +6,7 @@ import shutil
 
 import yaml
 
+from imgclust.core.packs import Pack
 from support.project import make_project, sh
 
 
@@ -20,7 +21,11 @@ def test_shell_text_in_data_source_is_a_folder_name(tmp_path, synthetic_dataset)
     root = make_project(tmp_path / "project", data__source=str(source))
     sh("dvc", "repro", "ingest", cwd=root)
     assert not list(tmp_path.rglob("PWNED"))
-    assert sorted(p.name for p in (root / "data" / "raw").iterdir()) == ["benign", "malignant", "normal"]
+    assert sorted({p.split("/", 1)[0] for p in Pack(root / "data" / "raw").paths()}) == [
+        "benign",
+        "malignant",
+        "normal",
+    ]
 
 
 def test_a_dollar_in_the_source_path_is_taken_literally(tmp_path, synthetic_dataset):

@@ -25,7 +25,9 @@ import yaml
 from PIL import Image
 
 from imgclust.core.fsutil import read_csv, write_csv
+from imgclust.core.packs import Pack
 from support.cli import imgclust_bin
+from support.packs import pack_folder
 from support.project import env, make_project, sh, write_params
 from support.servers import free_port
 
@@ -125,7 +127,7 @@ def test_ingest_with_a_fifo_in_the_source_finishes_within_30_s_naming_it(tmp_pat
     assert "FIFO" in report["ignored_reasons"]["benign/a.png"]
     expected = sum(1 for p in synthetic_dataset.rglob("*") if p.is_file())
     assert report["n_files"] == expected  # every real image is still taken
-    assert not (tmp_path / "data" / "raw" / "benign" / "a.png").exists()
+    assert "benign/a.png" not in Pack(tmp_path / "data" / "raw")
 
 
 def test_predict_with_a_fifo_writes_the_good_images(tmp_path, pipeline):
@@ -202,6 +204,7 @@ def test_featurize_on_a_full_tmpfs_names_the_file_and_leaves_no_process(tmp_path
         rows.append(
             {"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png", "op": "none"}
         )
+    pack_folder(images)
     write_csv(tmp_path / "augmented.csv", rows, ("path", "class", "split", "source", "op"))
     write_params(tmp_path, featurize__method="pixels", featurize__batch_size=8)
     script = f"mount -t tmpfs -o size=16k tmpfs {shlex.quote(str(small))} && exec " + shlex.join(

@@ -3,11 +3,15 @@ complete, and the next run (or ``dvc repro``) finishes correctly."""
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,9 @@ import pytest
 from PIL import Image
 
 from imgclust.core import fsutil
+from imgclust.core.packs import Pack
 from support.cli import imgclust_bin
+from support.packs import pack_folder
 from support.project import env, make_project, sh, tree_hashes, write_params
 
 N_IMAGES = 300
@@ -34,8 +40,23 @@ def many_images(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def many_packed(many_images, tmp_path_factory) -> Path:
+    """The same images as a pack: what strip_masks hands to resize."""
+    packed = tmp_path_factory.mktemp("many-packed") / "stripped"
+    shutil.copytree(many_images, packed)
+    return pack_folder(packed)
+
+
 def _tmp_siblings(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.tmp-*"))
+
+
+def _resized_so_far(project: Path) -> Callable[[], int]:
+    """How many images resize has finished, run in ``project``: its per-image cache entries (it
+    packs them into its output only once all are there)."""
+    cache = project / ".imgclust" / "cache" / "resize"
+    return lambda: sum(1 for p in cache.rglob("*") if p.is_file() and ".tmp-" not in p.name) if cache.is_dir() else 0
 
 
 def _default_sigint() -> None:
@@ -59,14 +80,14 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
-def _interrupt_mid_stage(proc: subprocess.Popen, out: Path, sig: int, timeout: float = 120) -> int:
-    """Wait until the stage has written some files into ``out``'s temporary sibling, then send
-    ``sig`` to its process group; return how many files the sibling held."""
+def _interrupt_mid_stage(proc: subprocess.Popen, done: Callable[[], int], sig: int, timeout: float = 120) -> int:
+    """Wait until the stage has finished some images (``done()``), then send ``sig`` to its
+    process group; return how many it had finished."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(f for tmp in _tmp_siblings(out) for f in tmp.rglob("*.png")):
+        if done():
             os.killpg(proc.pid, signal.SIGSTOP)  # freeze the tree, so the count below is the state hit
-            written = sum(1 for tmp in _tmp_siblings(out) for _ in tmp.rglob("*.png"))
+            written = done()
             os.killpg(proc.pid, sig)
             os.killpg(proc.pid, signal.SIGCONT)  # a stopped process acts on SIGINT once continued
             proc.communicate(timeout=timeout)
@@ -112,13 +133,13 @@ def _resize_args(source: Path, out: Path, size: int, folder: Path) -> list[str]:
 
 
 def _sizes(folder: Path) -> set[tuple[int, int]]:
-    return {Image.open(p).size for p in folder.rglob("*.png")}
+    return {Image.open(io.BytesIO(data)).size for _, data in Pack(folder).iter_items()}
 
 
-def test_sigint_mid_resize_leaves_neither_output_nor_temporary_folder(many_images, tmp_path):
+def test_sigint_mid_resize_leaves_neither_output_nor_temporary_folder(many_packed, tmp_path):
     out = tmp_path / "data" / "resized"
-    proc = _start(_resize_args(many_images, out, 64, tmp_path), tmp_path)
-    written = _interrupt_mid_stage(proc, out, signal.SIGINT)
+    proc = _start(_resize_args(many_packed, out, 64, tmp_path), tmp_path)
+    written = _interrupt_mid_stage(proc, _resized_so_far(tmp_path), signal.SIGINT)
     assert 0 < written < N_IMAGES
     assert proc.returncode != 0
     assert not out.exists()
@@ -126,27 +147,33 @@ def test_sigint_mid_resize_leaves_neither_output_nor_temporary_folder(many_image
     assert not _session_alive(proc.pid)
 
 
-def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_succeeds(many_images, tmp_path):
+def test_sigkill_mid_resize_keeps_the_previous_output_and_the_next_run_resumes(many_packed, tmp_path):
     out = tmp_path / "data" / "resized"
     subprocess.run(
-        _resize_args(many_images, out, 32, tmp_path), cwd=tmp_path, check=True, capture_output=True, env=env()
+        _resize_args(many_packed, out, 32, tmp_path), cwd=tmp_path, check=True, capture_output=True, env=env()
     )
     before = tree_hashes(out)
-    assert len(before) == N_IMAGES
+    assert len(Pack(out)) == N_IMAGES
 
-    proc = _start(_resize_args(many_images, out, 48, tmp_path), tmp_path)
-    written = _interrupt_mid_stage(proc, out, signal.SIGKILL)
+    proc = _start(_resize_args(many_packed, out, 48, tmp_path), tmp_path)
+    before_kill = _resized_so_far(tmp_path)()
+    written = _interrupt_mid_stage(proc, lambda: _resized_so_far(tmp_path)() - before_kill, signal.SIGKILL)
     assert 0 < written < N_IMAGES and proc.returncode == -signal.SIGKILL
     assert not _session_alive(proc.pid)
     assert tree_hashes(out) == before, "the complete previous output was touched"
-    stale = _tmp_siblings(out)
-    assert len(stale) == 1 and len(list(stale[0].rglob("*.png"))) < N_IMAGES  # killed: no cleanup ran
 
-    subprocess.run(
-        _resize_args(many_images, out, 48, tmp_path), cwd=tmp_path, check=True, capture_output=True, env=env()
+    done = subprocess.run(
+        _resize_args(many_packed, out, 48, tmp_path),
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        env=env(),
+        text=True,
     )
-    assert len(list(out.rglob("*.png"))) == N_IMAGES and _sizes(out) == {(48, 48)}
-    # the stale folder sits beside the output, never inside it
+    assert len(Pack(out)) == N_IMAGES and _sizes(out) == {(48, 48)}
+    # what the killed run finished is not computed again (the count may lag a write by a file or two)
+    computed = int(re.search(r"(\d+) computed", done.stdout).group(1))
+    assert computed <= N_IMAGES - written + 2, done.stdout
     assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
@@ -172,7 +199,7 @@ def test_dvc_repro_killed_mid_stage_then_repro_again_is_correct(many_images, tmp
     root = make_project(tmp_path / "project", data__source=str(many_images), resize__width=40, resize__height=40)
     resized = root / "data" / "resized"
     proc = _start(["dvc", "repro", "augment"], root)
-    written = _interrupt_mid_stage(proc, resized, sig)
+    written = _interrupt_mid_stage(proc, _resized_so_far(root), sig)
     assert 0 < written < N_IMAGES and proc.returncode != 0
     assert not _session_alive(proc.pid), "a stage process outlived the interrupted dvc repro"
     assert not resized.exists()
@@ -181,7 +208,6 @@ def test_dvc_repro_killed_mid_stage_then_repro_again_is_correct(many_images, tmp
     assert "resize" in status, status
 
     sh("dvc", "repro", "augment", cwd=root)
-    assert len(list(resized.rglob("*.png"))) == N_IMAGES and _sizes(resized) == {(40, 40)}
-    augmented = root / "data" / "augmented"
-    assert len(list(augmented.rglob("*.png"))) >= N_IMAGES
+    assert len(Pack(resized)) == N_IMAGES and _sizes(resized) == {(40, 40)}
+    assert len(Pack(root / "data" / "augmented")) >= N_IMAGES
     assert "up to date" in sh("dvc", "status", "augment", cwd=root).stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from imgclust.core.packs import Pack
 from support.paths import REPO
 from support.project import make_project, mlflow_runs, sh
 
@@ -27,11 +29,11 @@ def project(tmp_path_factory) -> Path:
 
 
 def test_repro_produces_every_output(project):
-    stripped = list((project / "data" / "stripped").rglob("*.png"))
-    assert stripped and not [p for p in stripped if "_mask" in p.name]
-    resized = list((project / "data" / "resized").rglob("*.png"))
+    stripped = Pack(project / "data" / "stripped").paths()
+    assert stripped and not [p for p in stripped if "_mask" in p]
+    resized = Pack(project / "data" / "resized")
     assert len(resized) == len(stripped) == 120
-    assert {Image.open(p).size for p in resized} == {(190, 190)}
+    assert {Image.open(io.BytesIO(data)).size for _, data in resized.iter_items()} == {(190, 190)}
     with open(project / "data" / "manifests" / "augmented.csv", newline="") as fh:
         manifest = list(csv.DictReader(fh))
     train_counts = Counter(row["class"] for row in manifest if row["split"] == "train")
@@ -42,24 +44,29 @@ def test_repro_produces_every_output(project):
         assert (project / "evaluation" / "plots" / name).stat().st_size > 1000
 
 
-def test_outputs_are_linked_to_the_dvc_cache_and_unchanged_files_stored_once(project):
-    """.dvc/config's cache.type (hardlink,copy) makes DVC hard-link a new output file into its cache
-    instead of copying it, and protect it read-only; strip_masks and augment link the files they pass
-    on unchanged. So a resized image, its augmented original and its cache object are one file, and
-    so are a stripped image and its cache object."""
+def test_datasets_are_few_files_linked_to_the_dvc_cache(project):
+    """Each image dataset is a pack: a few tar shards and an index, not a file per image, so DVC
+    hashes and links a handful of files. .dvc/config's cache.type (hardlink,copy) makes DVC hard-link
+    each new output file into its cache instead of copying it, and protect it read-only."""
     assert "type = hardlink,copy" in (project / ".dvc" / "config").read_text()
 
     def cached(path: Path) -> Path:
         md5 = hashlib.md5(path.read_bytes()).hexdigest()
         return project / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]
 
-    rel = Path("benign") / "benign (1).png"
-    resized, augmented = project / "data" / "resized" / rel, project / "data" / "augmented" / rel
-    assert resized.stat().st_ino == augmented.stat().st_ino == cached(resized).stat().st_ino
-    stripped = project / "data" / "stripped" / rel
-    assert stripped.stat().st_ino == cached(stripped).stat().st_ino
-    for path in (resized, stripped):
-        assert path.stat().st_mode & 0o222 == 0  # DVC protects linked files: nothing edits the cache in place
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    outs = {o["path"]: o for stage in lock["stages"].values() for o in stage.get("outs", [])}
+    for name in ("raw", "stripped", "resized", "augmented"):
+        folder = project / "data" / name
+        files = sorted(p for p in folder.iterdir())
+        assert outs[f"data/{name}"]["nfiles"] == len(files) <= 4, files  # 120-240 images, 1-3 shards + index
+        for path in files:
+            assert path.stat().st_ino == cached(path).stat().st_ino
+            assert path.stat().st_mode & 0o222 == 0  # DVC protects linked files: nothing edits the cache in place
+    # augment passes originals on unchanged: the same bytes as resize wrote
+    resized, augmented = Pack(project / "data" / "resized"), Pack(project / "data" / "augmented")
+    rel = "benign/benign (1).png"
+    assert augmented.read(rel) == resized.read(rel)
     features = project / "data" / "features" / "features.npy"
     assert features.stat().st_ino == cached(features).stat().st_ino
 
@@ -206,7 +213,7 @@ def test_external_source_change_is_detected(tmp_path, busi_sample):
     sh("dvc", "repro", "strip_masks", cwd=root)
     report = json.loads((root / "reports" / "strip_masks.json").read_text())
     assert report["n_images"] == 63 and report["n_masks"] == 68
-    assert not [p for p in (root / "data" / "stripped").rglob("*") if "_mask" in p.name]
+    assert not [p for p in Pack(root / "data" / "stripped").paths() if "_mask" in p]
     assert "up to date" in sh("dvc", "status", "ingest", cwd=root).stdout
     first = next((source / "benign").glob("benign (1).png"))
     Image.open(first).rotate(90).save(first)

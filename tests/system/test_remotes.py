@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imgclust.core.packs import Pack
 from support.project import make_project, mlflow_runs, sh
 from support.servers import free_port, http, server_process, tool
 
@@ -145,7 +146,11 @@ def history(tmp_path_factory, synthetic_dataset, s3) -> dict:
             assert "pushed" in sh("dvc", "push", "-r", remote, cwd=a).stdout
         sh("git", "add", "-A", cwd=a)
         sh("git", "commit", "-qm", f"data v{version}", cwd=a)
-        versions.append({"commit": head(a), "hashes": tree_hashes(a)})
+        raw = Pack(a / "data" / "raw")
+        items = {path: raw.sha256(path) for path in raw.paths()}
+        versions.append(
+            {"commit": head(a), "hashes": tree_hashes(a), "raw": items, "resized": len(Pack(a / "data" / "resized"))}
+        )
     return {"a": a, "base": base, "folder": folder_remote, "v1": versions[0], "v2": versions[1], "changed": image}
 
 
@@ -157,11 +162,13 @@ def test_history_has_two_distinct_versions(history):
     assert set(v1) == set(v2)
     changed = f"data/source/benign/{history['changed'].name}"
     assert v1[changed] != v2[changed]
-    assert v1[f"data/raw/benign/{history['changed'].name}"] != v2[f"data/raw/benign/{history['changed'].name}"]
+    raw1, raw2 = history["v1"]["raw"], history["v2"]["raw"]
+    assert set(raw1) == set(raw2)
+    assert {path for path in raw1 if raw1[path] != raw2[path]} == {f"benign/{history['changed'].name}"}
     # one image changed: the unrelated generated dataset did not
     assert all(v1[k] == v2[k] for k in v1 if k.startswith("data/synthetic/"))
     assert any(k.startswith("models/") for k in v1) and "evaluation/metrics.json" in v1
-    assert sum(1 for k in v1 if k.startswith("data/resized/")) == 36
+    assert history["v1"]["resized"] == history["v2"]["resized"] == 36
     # the folder remote holds DVC's content-addressed objects
     assert list((history["folder"] / "files" / "md5").rglob("*"))
 

@@ -28,6 +28,7 @@ from imgclust.stages.resize import resize_images
 from imgclust.stages.strip_masks import strip_masks
 from imgclust.tracking import naming, runs
 from support.cli import imgclust_bin
+from support.packs import unpacked
 from support.paths import REPO
 
 SIZE = 32
@@ -331,11 +332,12 @@ def test_e2e_logged_models_predict_like_predictions_csv(e2e, logged):
     test_rows = [i for i, p in enumerate(predictions) if p["split"] == "test"]
     assert len(test_rows) >= 3
     expected = [int(predictions[i]["cluster"]) for i in test_rows]
+    exported = unpacked(e2e["data"] / "augmented")
     request = {
         "run_id": run_id,
         "features": str(e2e["data"] / "features" / "features.npy"),
         "rows": test_rows,
-        "paths": [str(e2e["data"] / "augmented" / predictions[i]["file"]) for i in test_rows],
+        "paths": [str(exported / predictions[i]["file"]) for i in test_rows],
     }
     (e2e["tmp"] / "request.json").write_text(json.dumps(request))
     script = textwrap.dedent("""

@@ -15,6 +15,7 @@ import textwrap
 import pytest
 import yaml
 
+from support.packs import unpacked
 from support.project import env, make_project, mlflow_runs, sh
 from support.servers import http, http_json, mlflow_server
 
@@ -103,9 +104,10 @@ def test_image_model_loads_from_the_server_in_a_fresh_process(served, server, tm
     with open(root / "evaluation" / "predictions.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "test"][:4]
     assert rows
+    exported = unpacked(root / "data" / "augmented")
     request = {
         "uri": f"runs:/{run_id}/image_model",
-        "paths": [str(root / "data" / "augmented" / r["file"]) for r in rows],
+        "paths": [str(exported / r["file"]) for r in rows],
     }
     script = textwrap.dedent("""
         import json, sys

@@ -9,6 +9,7 @@ One module-scoped project (36 synthetic images at 48x48): `dvc repro` on data/sy
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml
 from PIL import Image
 
 from imgclust.core.fsutil import read_csv
+from imgclust.core.packs import Pack
 from support.cli import run_cli
 from support.project import make_project, mlflow_runs, sh
 
@@ -155,9 +157,9 @@ def test_predict_names_the_dataset_warns_on_unlike_images_and_gives_class_shares
     cli(root, "register", "--best", "ari_test")  # the photos run
     folder = tmp_path / "new"
     folder.mkdir()
-    raw = sorted((root / "data" / "raw").rglob("*.png"))
-    like = next(p for p in raw if "_mask" not in p.name)
-    Image.open(like).save(folder / "like.png")
+    raw = Pack(root / "data" / "raw")
+    like = next(p for p in raw.paths() if "_mask" not in p and p.endswith(".png"))
+    Image.open(io.BytesIO(raw.read(like))).save(folder / "like.png")
     Image.fromarray(np.full((20, 600, 3), 255, np.uint8)).save(folder / "unlike.png")  # white strip, RGB
     proc = cli(root, "predict", str(folder), "-o", str(tmp_path / "p.csv"))
     assert "trained on dataset photos" in proc.stdout

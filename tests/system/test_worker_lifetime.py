@@ -18,6 +18,7 @@ from PIL import Image
 
 from imgclust.core.fsutil import write_csv
 from support.cli import imgclust_bin
+from support.packs import pack_folder
 from support.project import env, write_params
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
@@ -118,6 +119,7 @@ def _featurize_inputs(root: Path, n: int) -> tuple[Path, Path]:
         rows.append(
             {"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png", "op": "none"}
         )
+    pack_folder(images)
     write_csv(root / "augmented.csv", rows, ("path", "class", "split", "source", "op"))
     return images, root / "augmented.csv"
 

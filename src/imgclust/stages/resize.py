@@ -95,4 +95,7 @@ def command(
     out: Path = typer.Option(..., help="Output folder."),
 ) -> None:
     result = run(src, out, config.load(PARAMS).resize)
-    typer.echo(f"resize: {result['n_images']} images -> {out} at {result['width']}x{result['height']} {result['mode']}")
+    typer.echo(
+        f"resize: {result['n_images']} images ({result['n_computed']} computed, the others from the cache) -> {out} "
+        f"at {result['width']}x{result['height']} {result['mode']}"
+    )

@@ -13,6 +13,7 @@ import typer
 from imgclust.core.fsutil import file_kind, is_image_file, not_regular_reason, write_csv, write_json
 from imgclust.core.image_profile import differences
 from imgclust.core.images import load_array, open_image
+from imgclust.core.packs import is_pack
 from imgclust.errors import CorruptImageError, InputDataError, ParamError
 from imgclust.tracking import store
 from imgclust.tracking.naming import TRAINING_IMAGES_ARTIFACT
@@ -39,6 +40,11 @@ def collect_images(inputs: list[Path], exclude: list[str]) -> list[Path]:
     """
     files: list[Path] = []
     for item in inputs:
+        if is_pack(item):
+            raise InputDataError(
+                f"{item}: a packed dataset (tar shards and an index), not a folder of images; export its "
+                f"images first: imgclust export {item} -o FOLDER, then predict FOLDER."
+            )
         if item.is_dir():
             files += sorted(p for p in item.rglob("*") if is_image_file(p) and not _is_folder(p))
         elif item.exists():
