@@ -4,6 +4,7 @@ stage's input by hand or look at its output file by file."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from imgclust.core.fsutil import is_image_file
@@ -56,3 +57,13 @@ def unpacked(pack_dir: Path) -> Path:
     out.mkdir()
     export(Pack(pack_dir), out)
     return out
+
+
+def edited_copy(pack_dir: Path, dest: Path, edit: Callable[[Path], object]) -> Path:
+    """A pack ``dest`` of the items of ``pack_dir`` after ``edit(folder)`` changed them as files
+    (removed one, rewrote one...): the pack a stage would get from a changed previous stage."""
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    export(Pack(pack_dir), dest)
+    edit(dest)
+    return pack_folder(dest)
