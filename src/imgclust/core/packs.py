@@ -56,12 +56,14 @@ def shard_name(first_path: str) -> str:
 
 def check_item_path(path: str, where: object = "") -> str:
     """``path`` if it is a safe relative POSIX path (class/…/name), else InputDataError: an index
-    or a name from a hostile dataset must not reach outside the folder it is exported to."""
+    or a name from a hostile dataset must not reach outside the folder it is exported to. A
+    backslash is part of a name on POSIX (a class may be called ``$\\bad$ lesion``), but one that
+    starts the path or makes a ``..`` part would lead outside where it is a separator (Windows)."""
     parts = PurePosixPath(path).parts
     if (
         not path
-        or path.startswith("/")
-        or "\\" in path
+        or path.startswith(("/", "\\"))
+        or ".." in path.replace("\\", "/").split("/")
         or "\0" in path
         or len(parts) < 2
         or any(part in ("", ".", "..") for part in parts)
