@@ -102,6 +102,21 @@ def test_non_image_files_are_ignored_and_counted(tmp_path):
     assert copied and not copied & set(JUNK)
 
 
+def test_hidden_images_loose_files_and_hidden_folders_stay_out_of_the_pack(tmp_path):
+    """What list_images once skipped in a folder of files (a hidden image, an image beside the class
+    folders, a hidden folder) is ingest's to leave out: later stages see only the pack's items."""
+    source = _make_source(tmp_path / "src", junk=False)
+    Image.new("L", (8, 8)).save(source / "benign" / ".hidden.png")
+    Image.new("L", (8, 8)).save(source / "loose.png")
+    (source / ".cache").mkdir()
+    Image.new("L", (8, 8)).save(source / ".cache" / "x.png")
+    report = ingest(source, tmp_path / "raw", tmp_path / "raw.csv", workers=1).to_dict()
+    assert report["ignored_reasons"] == {"benign/.hidden.png": "hidden file", "loose.png": "not in a class folder"}
+    assert report["files_per_class"] == {"benign": 4, "malignant": 3, "normal": 2}
+    packed = Pack(tmp_path / "raw").paths()
+    assert len(packed) == 9 and not [path for path in packed if "hidden" in path or "loose" in path or "x.png" in path]
+
+
 def test_source_is_unchanged_by_ingest(tmp_path):
     source = _make_source(tmp_path / "src")
     (source / "normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
