@@ -16,12 +16,15 @@ from imgclust.errors import ParamError, SourceError
 from imgclust.stages.ingest import ingest
 from support.archives import append_tar_member, make_dataset, sha256_of, tar_member, tgz_folder, zip_folder
 from support.cli import run_cli
+from support.packs import unpacked
 from support.paths import BUSI_SAMPLE
 from support.project import tree_hashes, write_params
 
 
 def _raw_listing(raw: Path) -> dict[str, str]:
-    return {p.relative_to(raw).as_posix(): sha256_of(p) for p in raw.rglob("*") if p.is_file()}
+    """Path -> sha256 of every item of the pack ``raw``, exported as files."""
+    files = unpacked(raw)
+    return {p.relative_to(files).as_posix(): sha256_of(p) for p in files.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
@@ -47,7 +50,7 @@ def test_a_single_top_folder_and_macos_junk_are_unwrapped(tmp_path, dataset):
     with zipfile.ZipFile(archive, "a") as zf:
         zf.writestr("__MACOSX/Dataset_BUSI_with_GT/benign/._benign (0).png", b"\x00\x05\x16\x07")
     ingest(archive, tmp_path / "raw", tmp_path / "raw.csv", workers=1)  # no sha256: optional locally
-    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["benign", "malignant"]
+    assert sorted(p.name for p in unpacked(tmp_path / "raw").iterdir()) == ["benign", "malignant"]
 
 
 def test_a_wrong_sha256_is_refused_before_anything_is_extracted(tmp_path, dataset, private_tmp):

@@ -1,4 +1,5 @@
-"""augment: balance TRAIN classes with rotations/flips (honest) or the seed recipe (tutorial)."""
+"""augment: balance TRAIN classes with rotations/flips (honest) or the seed recipe (tutorial); the
+resized pack in, the augmented pack out."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from imgclust.core.protocols import (
 from imgclust.errors import ImgclustError, InputDataError, ParamError
 from imgclust.stages.augment import augment as augment_stage
 from support.cli import run_cli
+from support.packs import pack_folder, unpacked
 from support.project import write_params
 
 COUNTS = {"benign": 10, "malignant": 6, "normal": 4}
@@ -55,12 +57,13 @@ def augment(in_dir: Path, split_csv: Path, out_dir: Path, manifest_path: Path, *
 
 
 def _dataset(root: Path, counts: dict[str, int] = COUNTS, shape=(16, 16), seed=0) -> Path:
+    """The pack resize writes, of ``counts`` random images per class."""
     rng = np.random.default_rng(seed)
     for cls, n in counts.items():
         (root / cls).mkdir(parents=True)
         for i in range(1, n + 1):
             Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / cls / f"{cls} ({i}).png")
-    return root
+    return pack_folder(root)
 
 
 def _write_split(image_dir: Path, csv_path: Path, test_size=0.25, seed=0) -> list[dict]:
@@ -82,11 +85,15 @@ def _read(path: Path) -> list[dict]:
 def _check_manifest_matches_folder(rows: list[dict], out: Path) -> None:
     listed = [row["path"] for row in rows]
     assert len(listed) == len(set(listed)), "a path is listed twice"
-    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    files = unpacked(out)
+    present = {p.relative_to(files).as_posix() for p in files.rglob("*") if p.is_file()}
     assert set(listed) == present
 
 
 def _check_pixels(rows: list[dict], src: Path, out: Path) -> None:
+    """Originals are the source's bytes; copies are the op applied to the source's pixels (both
+    packs exported as files)."""
+    src, out = unpacked(src), unpacked(out)
     for row in rows:
         if row["op"] == "none":
             assert row["source"] == row["path"]
@@ -159,6 +166,7 @@ def test_rgb_non_square_images_with_shape_preserving_ops(tmp_path):
         (src / cls).mkdir(parents=True)
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)).save(src / cls / f"{i}.png")
+    pack_folder(src)
     _write_split(src, tmp_path / "split.csv", test_size=0)
     out, manifest = tmp_path / "aug", tmp_path / "aug.csv"
     augment(src, tmp_path / "split.csv", out, manifest, ops=["rot180", "flip_lr", "flip_tb"], workers=1)

@@ -31,6 +31,7 @@ from imgclust.stages.resize import resize_images
 from imgclust.stages.strip_masks import strip_masks
 from support.corpus import build_corpus, by_fate, noise, write_bomb, write_png
 from support.data import BALANCING_OPS, TUTORIAL_OPS
+from support.packs import pack_folder, unpacked
 from support.project import tree_hashes
 
 MASK_PATTERNS = ["*_mask*.png"]
@@ -116,17 +117,18 @@ def test_ingest_skip_corrupt_reports_corrupt_ignored_and_duplicates(corpus, stag
     ]
     # data/raw: every image and mask, byte for byte; nothing else
     kept = by_fate(expected, "image") | by_fate(expected, "mask")
-    raw = work / "raw"
+    raw = unpacked(work / "raw")
     assert {p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()} == kept
     for rel in kept:
         assert (raw / rel).read_bytes() == (source / rel).read_bytes()
     assert {row["path"] for row in _read_csv(work / "raw.csv")} == kept
     assert not [p for p in raw.rglob("*") if p.is_symlink()]
+    assert not [p for p in (work / "raw").rglob("*") if p.is_symlink()]
 
 
 def test_strip_masks_keeps_images_with_or_without_masks(corpus, stages):
     _, expected = corpus
-    stripped = stages["work"] / "stripped"
+    stripped = unpacked(stages["work"] / "stripped")
     assert {p.relative_to(stripped).as_posix() for p in stripped.rglob("*") if p.is_file()} == by_fate(
         expected, "image"
     )
@@ -135,7 +137,7 @@ def test_strip_masks_keeps_images_with_or_without_masks(corpus, stages):
 
 def test_resize_converts_every_mode_and_shape_correctly(corpus, stages):
     _, expected = corpus
-    resized = stages["work"] / "resized"
+    resized = unpacked(stages["work"] / "resized")
 
     def out(rel: str) -> np.ndarray:
         with Image.open(resized / Path(rel).with_suffix(".png")) as image:
@@ -164,11 +166,12 @@ def test_split_and_augment_keep_every_image_in_its_class(corpus, stages):
     assert {row["path"]: row["class"] for row in stages["split"]} == images
     work = stages["work"]
     plan = _read_csv(work / "augmented.csv")
+    augmented, resized = unpacked(work / "augmented"), unpacked(work / "resized")
     for row in plan:
         assert row["class"] == images[row["source"]], row
         with (
-            Image.open(work / "augmented" / row["path"]) as copy,
-            Image.open(work / "resized" / row["source"]) as original,
+            Image.open(augmented / row["path"]) as copy,
+            Image.open(resized / row["source"]) as original,
         ):
             op = row["op"]
             want = np.asarray(original) if op == "none" else apply_op(np.asarray(original), op)
@@ -224,13 +227,15 @@ def test_decompression_bomb_band_is_refused_by_ingest(tmp_path, monkeypatch, pix
     report = ingest(source, tmp_path / "raw", tmp_path / "raw.csv", skip_corrupt=True, workers=1).to_dict()
     assert [row["path"] for row in report["corrupt_skipped"]] == ["a/large.png"]
     assert "decompression bomb" in report["corrupt_skipped"][0]["error"]
-    assert not (tmp_path / "raw" / "a" / "large.png").exists()
+    assert not (unpacked(tmp_path / "raw") / "a" / "large.png").exists()
+    assert (unpacked(tmp_path / "raw") / "a" / "small.png").exists()
 
 
 def test_resize_refuses_a_decompression_bomb_that_reached_it(tmp_path):
     folder = tmp_path / "stripped" / "a"
     folder.mkdir(parents=True)
     write_bomb(folder / "bomb.png")
+    pack_folder(tmp_path / "stripped")
     with pytest.raises(CorruptImageError) as info:
         resize_images(tmp_path / "stripped", tmp_path / "resized", SIZE, SIZE, "gray", "lanczos", workers=1)
     assert "bomb.png" in str(info.value) and "decompression bomb" in str(info.value)

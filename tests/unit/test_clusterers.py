@@ -15,6 +15,7 @@ from imgclust import config
 from imgclust.core.clustering import CLUSTERERS, ORIGINALS, evaluate_model, fit_clusterer, fit_model, make_clusterer
 from imgclust.errors import ParamError
 from imgclust.stages.evaluate import auto_k_metrics, metric_warnings
+from support.packs import pack_folder
 from support.paths import REPO
 
 SHIPPED = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -199,6 +200,7 @@ def test_evaluate_writes_the_chosen_k_and_all_originals(tmp_path):
         rows[-1].update(source=rows[-1]["file"], op="none")
         (tmp_path / "images" / f"c{cls}").mkdir(parents=True, exist_ok=True)
         save_new_png(np.full((4, 4), 40 * cls, np.uint8), tmp_path / "images" / rows[-1]["file"])
+    pack_folder(tmp_path / "images")  # the pack augment writes
     (tmp_path / "features").mkdir()
     store = FeatureStoreWriter(tmp_path / "features", len(rows), 2, np.float32)
     store.append(points.astype(np.float32))

@@ -16,6 +16,7 @@ from imgclust.core.protocols import SPLIT_FIELDS, check_unique_paths, plan_hones
 from imgclust.errors import OutputCollisionError
 from imgclust.stages.augment import augment
 from support.data import BALANCING_OPS, TUTORIAL_OPS
+from support.packs import items, pack_folder, unpacked
 
 # names that the naive copy names of n.png would take
 NORMAL = ["n.png", "n__rot180.png", "n__flip_lr.png"]
@@ -27,16 +28,18 @@ def _digest(path) -> str:
 
 @pytest.fixture
 def linked_source(tmp_path):
-    """A resized-like folder whose files are hard links of a 'cache' folder, as DVC leaves them."""
+    """A resized pack whose files (shards, index) are hard links of a 'cache' folder, as DVC leaves them."""
     rng = np.random.default_rng(0)
     cache, resized = tmp_path / "cache", tmp_path / "resized"
     layout = {"normal": NORMAL, "benign": [f"b{i}.png" for i in range(8)], "malignant": [f"m{i}.png" for i in range(5)]}
     for cls, names in layout.items():
         (cache / cls).mkdir(parents=True)
-        (resized / cls).mkdir(parents=True)
         for name in names:
             Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(cache / cls / name)
-            os.link(cache / cls / name, resized / cls / name)
+    pack_folder(cache)
+    resized.mkdir()
+    for path in cache.iterdir():
+        os.link(path, resized / path.name)
     return cache, resized
 
 
@@ -69,11 +72,11 @@ def test_a_plan_listing_a_path_twice_is_refused():
 @pytest.mark.parametrize("protocol", ["honest", "tutorial"])
 def test_augment_leaves_linked_inputs_intact(linked_source, tmp_path, protocol):
     cache, resized = linked_source
-    before = {p: _digest(p) for p in cache.rglob("*.png")}
-    rows = [
-        {"path": p.relative_to(resized).as_posix(), "class": p.parent.name, "split": "train"}
-        for p in sorted(resized.rglob("*.png"))
-    ]
+    before = {p: _digest(p) for p in cache.iterdir()}
+    assert len(before) >= 2  # an index and its shard(s)
+    images = items(resized)
+    assert len(images) == len(NORMAL) + 8 + 5
+    rows = [{"path": path, "class": path.split("/")[0], "split": "train"} for path in sorted(images)]
     write_csv(tmp_path / "split.csv", rows, SPLIT_FIELDS)
     augment(
         resized,
@@ -89,8 +92,11 @@ def test_augment_leaves_linked_inputs_intact(linked_source, tmp_path, protocol):
         split_seed=0,
         workers=1,
     )
-    assert {p: _digest(p) for p in cache.rglob("*.png")} == before
-    written = sorted(p.relative_to(tmp_path / "augmented").as_posix() for p in (tmp_path / "augmented").rglob("*.png"))
+    assert {p: _digest(p) for p in cache.iterdir()} == before
+    assert {p.name: _digest(p) for p in resized.iterdir()} == {p.name: digest for p, digest in before.items()}
+    assert items(resized) == images
+    files = unpacked(tmp_path / "augmented")
+    written = sorted(p.relative_to(files).as_posix() for p in files.rglob("*.png"))
     manifest = (tmp_path / "augmented.csv").read_text().splitlines()[1:]
     assert len(written) == len(manifest) == len({line.split(",")[0] for line in manifest})
 

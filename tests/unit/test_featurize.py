@@ -19,6 +19,7 @@ from imgclust.errors import InputDataError, ParamError
 from imgclust.stages.featurize import cnn_params, featurize
 from support.cli import run_cli
 from support.data import run_data_stages
+from support.packs import edited_copy, unpacked
 from support.paths import REPO
 from support.project import write_params
 
@@ -63,8 +64,9 @@ def test_features_are_uint8_flattened_images_in_manifest_order(request, name, ch
     assert features.dtype == np.uint8
     assert features.shape == (len(manifest), SIZE * SIZE * channels)
     assert len(manifest) > 36  # originals plus augmented copies
+    images = unpacked(data["images"])
     for row, vector in zip(manifest, features, strict=True):
-        pixels = np.asarray(Image.open(data["images"] / row["path"]))
+        pixels = np.asarray(Image.open(images / row["path"]))
         assert pixels.shape == ((SIZE, SIZE) if channels == 1 else (SIZE, SIZE, 3))
         np.testing.assert_array_equal(vector, pixels.reshape(-1), err_msg=row["path"])
 
@@ -124,6 +126,7 @@ def test_meta_json(request, name, shape, mode):
 def test_output_folder_holds_only_the_three_files(gray_data):
     assert sorted(p.name for p in gray_data["features"].iterdir()) == ["features.npy", "index.csv", "meta.json"]
     assert not list(gray_data["features"].parent.glob(".features.tmp-*"))
+    assert not list(gray_data["features"].parent.glob(".imgclust-scratch-*")), "the scratch cache is removed"
 
 
 # ---------------------------------------------------------------- load_features
@@ -195,10 +198,9 @@ def test_featurize_unknown_method_writes_nothing(gray_data, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_featurize_missing_image(gray_data, copy_of, tmp_path):
-    images = copy_of(gray_data["images"], "augmented")
+def test_featurize_missing_image(gray_data, tmp_path):
     victim = read_csv(gray_data["manifest"])[3]["path"]
-    (images / victim).unlink()
+    images = edited_copy(gray_data["images"], tmp_path / "augmented", lambda files: (files / victim).unlink())
     out = tmp_path / "features"
     with pytest.raises(InputDataError) as info:
         featurize(images, gray_data["manifest"], out, method="pixels", cnn_params=CNN_PARAMS, batch_size=BATCH_SIZE)
@@ -206,11 +208,11 @@ def test_featurize_missing_image(gray_data, copy_of, tmp_path):
     assert not out.exists()
 
 
-def test_featurize_missing_image_keeps_previous_output(gray_data, copy_of):
-    images = copy_of(gray_data["images"], "augmented")
+def test_featurize_missing_image_keeps_previous_output(gray_data, copy_of, tmp_path):
+    victim = read_csv(gray_data["manifest"])[0]["path"]
+    images = edited_copy(gray_data["images"], tmp_path / "augmented", lambda files: (files / victim).unlink())
     out = copy_of(gray_data["features"], "features")
     before = (out / "features.npy").read_bytes()
-    (images / read_csv(gray_data["manifest"])[0]["path"]).unlink()
     with pytest.raises(InputDataError):
         featurize(images, gray_data["manifest"], out, method="pixels", cnn_params=CNN_PARAMS, batch_size=BATCH_SIZE)
     assert (out / "features.npy").read_bytes() == before
@@ -241,10 +243,13 @@ def test_featurize_empty_manifest(gray_data, tmp_path):
         )
 
 
-def test_featurize_images_of_different_sizes(gray_data, copy_of, tmp_path):
-    images = copy_of(gray_data["images"], "augmented")
+def test_featurize_images_of_different_sizes(gray_data, tmp_path):
     victim = read_csv(gray_data["manifest"])[-1]["path"]
-    Image.open(images / victim).resize((SIZE + 3, SIZE)).save(images / victim)
+
+    def widen(files):
+        Image.open(files / victim).resize((SIZE + 3, SIZE)).save(files / victim)
+
+    images = edited_copy(gray_data["images"], tmp_path / "augmented", widen)
     with pytest.raises(InputDataError, match="differ in shape"):
         featurize(images, gray_data["manifest"], tmp_path / "out", method="pixels", cnn_params=CNN_PARAMS, batch_size=8)
     assert not (tmp_path / "out").exists()

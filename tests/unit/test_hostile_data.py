@@ -28,7 +28,7 @@ import yaml
 from PIL import Image, ImageFile
 
 from imgclust import config
-from imgclust.core import plots
+from imgclust.core import packs, plots
 from imgclust.core.archives import Limits, extract_archive
 from imgclust.core.clustering import fit_model
 from imgclust.core.feature_store import load_features
@@ -53,6 +53,7 @@ from imgclust.tracking import naming
 from support.archives import zip_folder
 from support.cli import run_cli
 from support.data import run_data_stages
+from support.packs import pack_folder
 from support.paths import REPO
 from support.project import write_params
 
@@ -173,6 +174,7 @@ def test_augment_refuses_a_planned_name_over_name_max_before_writing_anything(tm
     _image(resized / "a" / long_name, value=1)
     for i in range(3):
         _image(resized / "b" / f"b{i}.png", value=10 + i)
+    pack_folder(resized)
     rows = [{"path": f"a/{long_name}", "class": "a", "split": "train"}] + [
         {"path": f"b/b{i}.png", "class": "b", "split": "train"} for i in range(3)
     ]
@@ -301,22 +303,41 @@ def test_an_archive_larger_than_the_free_space_is_refused_before_extracting(tmp_
 # ---------------------------------------------------------------------- (7) full disk, unreadable
 
 
+class _FillingShard:
+    """A shard being written on a disk that fills up as the item ``full_at`` is packed."""
+
+    def __init__(self, fh, full_at: bytes):
+        self.fh, self.full_at = fh, full_at
+
+    def write(self, data):
+        if self.full_at in data:  # the item's tar header names it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as write(2) raises it: no file name
+        return self.fh.write(data)
+
+    def close(self):
+        self.fh.close()
+
+
 def test_a_full_disk_while_ingesting_is_an_output_write_error_and_leaves_nothing(tmp_path, monkeypatch):
     source = _source(tmp_path / "source")
     project = _project(tmp_path / "project", data__source=str(source))
-    real = pathlib.Path.write_bytes
+    shards: list[str] = []
 
-    def write_bytes(self, data):
-        if self.name == "benign (1).png":
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
-        return real(self, data)
+    def filling_open(file, mode="r", *args, **kwargs):
+        fh = open(file, mode, *args, **kwargs)
+        if Path(file).suffix == ".tar" and "b" in mode and "r" not in mode:
+            shards.append(str(file))
+            return _FillingShard(fh, b"benign (1).png")
+        return fh
 
-    monkeypatch.setattr(pathlib.Path, "write_bytes", write_bytes)
+    monkeypatch.setattr(packs, "open", filling_open, raising=False)
     result = run_cli(*INGEST, cwd=project, check=False)
 
-    _fails_cleanly(result, "benign (1).png", "disk (or quota) is full")
+    assert shards, "the disk filled while a shard of data/raw was written"
+    _fails_cleanly(result, "data/raw", "disk (or quota) is full", "nothing was kept")
     assert not (project / "data" / "raw").exists()
     assert not [p for p in (project / "data").iterdir() if p.name.startswith(".raw.tmp")]
+    assert not list(project.rglob("raw.csv")), "no manifest for a snapshot that was not kept"
 
 
 def _unreadable(monkeypatch, name: str) -> None:
@@ -540,6 +561,7 @@ def test_strip_masks_lists_per_pattern_and_warns_about_masks_without_an_image(tm
     ):
         _image(raw / "benign" / name)
     _image(raw / "normal" / "normal (1).png")
+    pack_folder(raw)
     project = _project(tmp_path / "project", strip_masks__patterns=["*_mask*.png", "*_small.png"])
 
     result = run_cli(

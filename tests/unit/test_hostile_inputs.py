@@ -29,6 +29,7 @@ from imgclust.stages.ingest import scan_source, survey_source
 from imgclust.tools import predict as predict_tool
 from imgclust.tracking import runs, store
 from support.cli import run_cli
+from support.packs import pack_folder, unpacked
 from support.project import write_params
 
 DEADLINE_S = 30  # the bar: finish (or fail) within 30 s, naming the file
@@ -171,7 +172,9 @@ def test_ingest_with_a_special_file_named_like_an_image_finishes_and_names_it(tm
     assert ("FIFO" if kind == "fifo" else "socket") in data["ignored_reasons"]["benign/a.png"]
     assert data["files_per_class"] == {"benign": 3, "malignant": 3, "normal": 3}
     assert "benign/a.png" not in {row["path"] for row in read_csv(manifest)}
-    assert not (raw / "benign" / "a.png").exists()
+    files = unpacked(raw)
+    assert not (files / "benign" / "a.png").exists()
+    assert sorted(p.name for p in (files / "benign").iterdir()) == ["benign0.png", "benign1.png", "benign2.png"]
     assert stat.S_ISFIFO(os.lstat(special).st_mode) if kind == "fifo" else stat.S_ISSOCK(os.lstat(special).st_mode)
 
 
@@ -328,7 +331,7 @@ def _featurize_inputs(root: Path, n: int = 12) -> tuple[Path, Path]:
             {"path": f"{cls}/{i}.png", "class": cls, "split": "train", "source": f"{cls}/{i}.png", "op": "none"}
         )
     write_csv(root / "augmented.csv", rows, ("path", "class", "split", "source", "op"))
-    return images, root / "augmented.csv"
+    return pack_folder(images), root / "augmented.csv"
 
 
 def test_full_disk_while_featurizing_is_a_named_error_not_sigbus(tmp_path, monkeypatch):

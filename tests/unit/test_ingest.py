@@ -1,4 +1,4 @@
-"""Ingest: snapshot a folder of class subfolders into data/raw with a manifest (imgclust.stages.ingest)."""
+"""Ingest: snapshot a folder of class subfolders into the pack data/raw with a manifest (imgclust.stages.ingest)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclust.core.packs import Pack
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
 from imgclust.stages.ingest import MANIFEST_FIELDS, ingest, scan_source
 from support.cli import run_cli
+from support.packs import unpacked
 from support.project import write_params
 
 JUNK = {".DS_Store": b"\x00\x00\x00\x01Bud1", "notes.txt": b"scanner notes\n", "labels.csv": b"a,b\n1,2\n"}
@@ -61,10 +63,11 @@ def _make_source(root: Path, counts: dict[str, int] | None = None, junk: bool = 
 def _assert_manifest_agrees(source: Path, raw: Path, rows: list[dict]) -> None:
     listed = {row["path"] for row in rows}
     assert len(listed) == len(rows), "a file is listed twice"
-    present = {p.relative_to(raw).as_posix() for p in raw.rglob("*") if p.is_file()}
+    files = unpacked(raw)
+    present = {p.relative_to(files).as_posix() for p in files.rglob("*") if p.is_file()}
     assert listed == present
     for row in rows:
-        copy = raw / row["path"]
+        copy = files / row["path"]
         assert copy.read_bytes() == (source / row["path"]).read_bytes()
         assert row["sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
         assert row["class"] == Path(row["path"]).parts[0]
@@ -95,8 +98,23 @@ def test_non_image_files_are_ignored_and_counted(tmp_path):
     expected = sorted(f"{cls}/{name}" for cls in ("benign", "malignant", "normal") for name in JUNK)
     assert sorted(report["ignored"]) == expected
     assert report["n_ignored"] == 9
-    copied = {p.name for p in (tmp_path / "raw").rglob("*") if p.is_file()}
-    assert not copied & set(JUNK)
+    copied = {p.name for p in unpacked(tmp_path / "raw").rglob("*") if p.is_file()}
+    assert copied and not copied & set(JUNK)
+
+
+def test_hidden_images_loose_files_and_hidden_folders_stay_out_of_the_pack(tmp_path):
+    """What list_images once skipped in a folder of files (a hidden image, an image beside the class
+    folders, a hidden folder) is ingest's to leave out: later stages see only the pack's items."""
+    source = _make_source(tmp_path / "src", junk=False)
+    Image.new("L", (8, 8)).save(source / "benign" / ".hidden.png")
+    Image.new("L", (8, 8)).save(source / "loose.png")
+    (source / ".cache").mkdir()
+    Image.new("L", (8, 8)).save(source / ".cache" / "x.png")
+    report = ingest(source, tmp_path / "raw", tmp_path / "raw.csv", workers=1).to_dict()
+    assert report["ignored_reasons"] == {"benign/.hidden.png": "hidden file", "loose.png": "not in a class folder"}
+    assert report["files_per_class"] == {"benign": 4, "malignant": 3, "normal": 2}
+    packed = Pack(tmp_path / "raw").paths()
+    assert len(packed) == 9 and not [path for path in packed if "hidden" in path or "loose" in path or "x.png" in path]
 
 
 def test_source_is_unchanged_by_ingest(tmp_path):
@@ -116,6 +134,7 @@ def test_reingest_replaces_the_previous_snapshot(tmp_path):
     (raw / "stale.png").write_bytes(b"old")
     ingest(source, raw, tmp_path / "raw.csv", workers=1)
     assert not (raw / "stale.png").exists()
+    assert "stale.png" not in Pack(raw).paths()
     _assert_manifest_agrees(source, raw, _read_manifest(tmp_path / "raw.csv"))
 
 
@@ -196,7 +215,7 @@ def test_symlinked_file_pointing_outside_is_ignored_not_copied(tmp_path):
     raw = tmp_path / "raw"
     report = ingest(source, raw, tmp_path / "raw.csv", workers=1).to_dict()
     assert "benign/linked.png" in report["ignored"]
-    assert not (raw / "benign" / "linked.png").exists()
+    assert not (unpacked(raw) / "benign" / "linked.png").exists()
     assert "benign/linked.png" not in {row["path"] for row in _read_manifest(tmp_path / "raw.csv")}
 
 
@@ -206,7 +225,7 @@ def test_symlinked_folder_inside_a_class_is_not_followed_and_is_listed(tmp_path)
     os.symlink(outside, source / "benign" / "more", target_is_directory=True)
     raw = tmp_path / "raw"
     report = ingest(source, raw, tmp_path / "raw.csv", workers=1).to_dict()
-    assert not (raw / "benign" / "more").exists()
+    assert not (unpacked(raw) / "benign" / "more").exists()
     assert report["files_per_class"]["benign"] == 4
     assert "benign/more" in report["ignored"], "a skipped symlink must be reported as ignored"
 
@@ -295,4 +314,4 @@ def test_cli_truncated_image_fails_then_skip_corrupt_true_skips_it(tmp_path):
     run_cli(*args, cwd=tmp_path)
     data = json.loads((tmp_path / "r.json").read_text())
     assert [row["path"] for row in data["corrupt_skipped"]] == [victim.relative_to(source).as_posix()]
-    assert not (tmp_path / "raw" / "malignant" / victim.name).exists()
+    assert not (unpacked(tmp_path / "raw") / "malignant" / victim.name).exists()

@@ -20,6 +20,7 @@ from imgclust.errors import ParamError
 from imgclust.stages.augment import augment
 from imgclust.stages.resize import resize_images
 from support.data import TUTORIAL_OPS
+from support.packs import pack_folder, pack_of, unpacked
 
 FAST = settings(max_examples=30, deadline=None)
 CLASSES = ("benign", "malignant", "normal")
@@ -66,11 +67,13 @@ def test_resize_gives_the_requested_size_and_mode_and_keeps_the_class(items, wid
         src, out = Path(tmp) / "src", Path(tmp) / "out"
         for i, (cls, array) in enumerate(items):
             _save(array, src / cls / f"img {i}.png")
+        pack_folder(src)
         report = resize_images(src, out, width, height, mode, resample, workers=1)
-        produced = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+        files = unpacked(out)
+        produced = sorted(p.relative_to(files).as_posix() for p in files.rglob("*.png"))
         assert produced == sorted(f"{cls}/img {i}.png" for i, (cls, _) in enumerate(items))
         assert report["images_per_class"] == dict(Counter(cls for cls, _ in items))
-        for path in out.rglob("*.png"):
+        for path in files.rglob("*.png"):
             array = _load(path)
             assert array.shape == ((height, width) if mode == "gray" else (height, width, 3))
 
@@ -80,8 +83,9 @@ def test_resize_gives_the_requested_size_and_mode_and_keeps_the_class(items, wid
 def test_resizing_a_uniform_gray_image_keeps_its_value(value, h, w, size):
     with tempfile.TemporaryDirectory() as tmp:
         _save(np.full((h, w), value, np.uint8), Path(tmp) / "src" / "a" / "x.png")
+        pack_folder(Path(tmp) / "src")
         resize_images(Path(tmp) / "src", Path(tmp) / "out", size, size, "gray", "lanczos", workers=1)
-        assert np.abs(_load(Path(tmp) / "out" / "a" / "x.png").astype(int) - value).max() <= 1
+        assert np.abs(_load(unpacked(Path(tmp) / "out") / "a" / "x.png").astype(int) - value).max() <= 1
 
 
 # ------------------------------------------------------------------------------------------ the ops
@@ -145,7 +149,7 @@ def test_plan_honest_never_repeats_an_op_per_source_and_balances_train(counts, o
 )
 def test_augment_copies_are_the_op_of_their_source_in_the_same_class(side, counts, n_test, seed, data):
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "resized"
+        src = Path(tmp) / "resized.src"  # the images as files; augment reads their pack
         split = []
         for cls, n in zip(CLASSES, counts, strict=False):
             for i in range(n):
@@ -155,7 +159,7 @@ def test_augment_copies_are_the_op_of_their_source_in_the_same_class(side, count
         write_csv(Path(tmp) / "split.csv", split, SPLIT_FIELDS)
         ops = ["rot180", "flip_lr", "flip_tb", "rot90", "rot270"]
         augment(
-            src,
+            pack_of(src, Path(tmp) / "resized"),
             Path(tmp) / "split.csv",
             Path(tmp) / "out",
             Path(tmp) / "aug.csv",
@@ -171,10 +175,11 @@ def test_augment_copies_are_the_op_of_their_source_in_the_same_class(side, count
         with open(Path(tmp) / "aug.csv", newline="") as fh:
             plan = list(csv.DictReader(fh))
         tests = {row["path"] for row in split if row["split"] == "test"}
+        out = unpacked(Path(tmp) / "out")
         for row in plan:
             original = _load(src / row["source"])
             want = original if row["op"] == "none" else apply_op(original, row["op"])
-            assert np.array_equal(_load(Path(tmp) / "out" / row["path"]), want)
+            assert np.array_equal(_load(out / row["path"]), want)
             assert row["class"] == row["source"].split("/")[0]
             if row["source"] in tests:  # honest protocol: a test image is never augmented
                 assert row["op"] == "none" and row["split"] == "test"

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgclust.core.packs import write_pack
 from imgclust.core.protocols import SPLIT_FIELDS, list_images, split_rows
-from imgclust.errors import ImgclustError, ParamError
+from imgclust.errors import ImgclustError, InputDataError, ParamError
 from support.cli import run_cli
+from support.packs import pack_folder, unpacked
 from support.project import write_params
 
 COUNTS = {"benign": 40, "malignant": 20, "normal": 10}
@@ -23,19 +25,26 @@ def _items(counts: dict[str, int] = COUNTS) -> list[tuple[str, str]]:
 
 
 def _folder(root: Path, counts: dict[str, int]) -> Path:
+    """The pack resize writes, of ``counts`` images per class."""
     for cls, n in counts.items():
         (root / cls).mkdir(parents=True)
         for i in range(1, n + 1):
             Image.fromarray(np.full((4, 4), i, np.uint8)).save(root / cls / f"{cls} ({i}).png")
-    return root
+    return pack_folder(root)
 
 
 def test_list_images_lists_class_images_only(tmp_path):
+    """The pack's items with their class, sorted; other files in the pack's folder are not items,
+    and a pack cannot hold an image outside a class folder."""
     root = _folder(tmp_path / "resized", {"b": 2, "a": 3})
-    (root / "a" / "notes.txt").write_text("x")
-    (root / "a" / ".hidden.png").write_bytes(b"")
-    (root / "loose.png").write_bytes(b"")
+    (root / "notes.txt").write_text("x")
+    (root / ".hidden.png").write_bytes(b"")
     (root / ".cache").mkdir()
+    (root / ".cache" / "x.png").write_bytes(b"")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    with pytest.raises(InputDataError, match="'loose.png' is not a relative path of the form class/name"):
+        write_pack(loose, [("loose.png", b"")])
     assert list_images(root) == [
         ("a/a (1).png", "a"),
         ("a/a (2).png", "a"),
@@ -105,6 +114,10 @@ def test_missing_input_folder_is_an_imgclust_error_naming_it(tmp_path):
 def test_folder_without_images_is_an_imgclust_error(tmp_path):
     empty = tmp_path / "resized"
     empty.mkdir()
+    with pytest.raises(ImgclustError) as info:  # not a pack: no index
+        list_images(empty)
+    assert str(empty) in str(info.value) and "dvc repro resize" in str(info.value)
+    write_pack(empty, [])
     assert list_images(empty) == []
     with pytest.raises(ImgclustError):
         split_rows(list_images(empty), 0.1, seed=0)
@@ -123,7 +136,8 @@ def test_cli_writes_path_class_split_csv(tmp_path):
         assert tuple(reader.fieldnames) == SPLIT_FIELDS == ("path", "class", "split")
         rows = list(reader)
     assert rows == split_rows(list_images(root), 0.2, seed=3)
-    assert all((root / r["path"]).is_file() and Path(r["path"]).parts[0] == r["class"] for r in rows)
+    files = unpacked(root)
+    assert all((files / r["path"]).is_file() and Path(r["path"]).parts[0] == r["class"] for r in rows)
     assert {r["class"] for r in rows if r["split"] == "test"} == {"benign", "malignant", "normal"}
     assert "test/normal" in proc.stdout
 

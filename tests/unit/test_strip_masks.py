@@ -1,4 +1,5 @@
-"""strip_masks: data/raw without the segmentation masks, files linked or copied (imgclust.stages.strip_masks)."""
+"""strip_masks: the pack data/raw without the segmentation masks, items passed on byte for byte
+(imgclust.stages.strip_masks)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import pytest
 from PIL import Image
 
 from imgclust.core.fsutil import link_or_copy
+from imgclust.core.packs import Pack
 from imgclust.errors import EmptyClassError, ImgclustError, ParamError
 from imgclust.stages.strip_masks import is_mask, strip_masks
 from support.cli import run_cli
+from support.packs import pack_folder, pack_of, unpacked
 from support.project import write_params
 
 DEFAULT = ["*_mask*.png"]
@@ -34,13 +37,19 @@ def _files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
+def _items(pack: Path) -> set[str]:
+    """The item paths of a pack, read from its shards as files."""
+    return _files(unpacked(pack))
+
+
 def _png(path: Path, value: int = 0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((6, 8), value, np.uint8)).save(path)
 
 
-def _raw(root: Path) -> Path:
-    """Two classes named as in BUSI, with first, second and third masks."""
+def _raw(root: Path, pack: bool = True) -> Path:
+    """Two classes named as in BUSI, with first, second and third masks: the pack ingest writes
+    (``pack`` False: still a folder of files, to add more before packing)."""
     for cls in ("benign", "malignant"):
         for i in (1, 2, 3):
             _png(root / cls / f"{cls} ({i}).png", 10 * i)
@@ -48,7 +57,7 @@ def _raw(root: Path) -> Path:
         _png(root / cls / f"{cls} (2)_mask_1.png", 255)
     _png(root / "benign" / "benign (3)_mask_2.png", 255)
     _png(root / "benign" / "benign (3)_mask_1.png", 255)
-    return root
+    return pack_folder(root) if pack else root
 
 
 def test_masks_including_numbered_ones_are_stripped(tmp_path):
@@ -57,24 +66,29 @@ def test_masks_including_numbered_ones_are_stripped(tmp_path):
     out = tmp_path / "stripped"
     result = strip_masks(raw, out, DEFAULT)
 
-    assert _files(out) == {f"{cls}/{cls} ({i}).png" for cls in ("benign", "malignant") for i in (1, 2, 3)}
-    assert not [p for p in out.rglob("*") if fnmatch.fnmatch(p.name, "*_mask*.png")]
+    files = unpacked(out)
+    assert _files(files) == {f"{cls}/{cls} ({i}).png" for cls in ("benign", "malignant") for i in (1, 2, 3)}
+    assert not [p for p in files.rglob("*") if fnmatch.fnmatch(p.name, "*_mask*.png")]
     assert result["images_per_class"] == {"benign": 3, "malignant": 3}
     assert result["masks_per_class"] == {"benign": 6, "malignant": 4}
     assert (result["n_images"], result["n_masks"]) == (6, 10)
-    for rel in _files(out):
-        assert (out / rel).read_bytes() == (raw / rel).read_bytes()
-    assert _tree_hashes(raw) == before, "the raw folder is only read"
+    raw_pack = Pack(raw)
+    for rel in _files(files):
+        assert (files / rel).read_bytes() == raw_pack.read(rel)
+    assert _tree_hashes(raw) == before, "the raw pack is only read"
 
 
-def test_kept_images_are_hard_links_of_the_raw_files(tmp_path):
-    """Same file system: no byte is written twice (DVC then hashes and caches each file once)."""
+def test_kept_images_are_byte_identical_to_the_raw_items(tmp_path):
+    """Images are passed on, never re-encoded: each kept item has its raw item's bytes and sha256
+    (the index's and the one computed from the shard's bytes)."""
     raw = _raw(tmp_path / "raw")
     strip_masks(raw, tmp_path / "out", DEFAULT)
-    kept = sorted((tmp_path / "out").rglob("*.png"))
+    raw_pack, out_pack = Pack(raw), Pack(tmp_path / "out")
+    kept = out_pack.paths()
     assert len(kept) == 6
     for path in kept:
-        assert path.stat().st_ino == (raw / path.relative_to(tmp_path / "out")).stat().st_ino
+        assert out_pack.sha256(path) == raw_pack.sha256(path)
+        assert hashlib.sha256(out_pack.read(path)).hexdigest() == hashlib.sha256(raw_pack.read(path)).hexdigest()
 
 
 def test_link_or_copy_copies_where_a_link_is_refused(tmp_path, monkeypatch):
@@ -91,31 +105,36 @@ def test_link_or_copy_copies_where_a_link_is_refused(tmp_path, monkeypatch):
 
 
 def test_synthetic_dataset_keeps_every_image_and_drops_every_mask(tmp_path, synthetic_dataset):
-    before = _tree_hashes(synthetic_dataset)
+    source = _tree_hashes(synthetic_dataset)
+    raw = pack_of(synthetic_dataset, tmp_path / "raw")
+    before = _tree_hashes(raw)
     out = tmp_path / "stripped"
-    result = strip_masks(synthetic_dataset, out, DEFAULT)
-    images = {rel for rel in before if "_mask" not in rel}
-    assert _files(out) == images
-    assert result["n_images"] == 36 and result["n_masks"] == len(before) - 36
-    assert _tree_hashes(synthetic_dataset) == before
+    result = strip_masks(raw, out, DEFAULT)
+    images = {rel for rel in source if "_mask" not in rel}
+    assert _items(out) == images
+    assert result["n_images"] == 36 and result["n_masks"] == len(source) - 36
+    assert _tree_hashes(raw) == before
 
 
 def test_busi_sample_counts(tmp_path, busi_sample):
-    before = _tree_hashes(busi_sample)
+    raw = pack_of(busi_sample, tmp_path / "raw")
+    before = _tree_hashes(raw)
     out = tmp_path / "stripped"
-    result = strip_masks(busi_sample, out, DEFAULT)
+    result = strip_masks(raw, out, DEFAULT)
     assert (result["n_images"], result["n_masks"]) == (63, 68)
     assert result["images_per_class"] == {"benign": 22, "malignant": 21, "normal": 20}
     assert result["masks_per_class"] == {"benign": 26, "malignant": 22, "normal": 20}
-    assert len(_files(out)) == 63
-    assert not [p for p in out.rglob("*") if "_mask" in p.name]
-    assert _tree_hashes(busi_sample) == before
+    files = unpacked(out)
+    assert len(_files(files)) == 63
+    assert not [p for p in files.rglob("*") if "_mask" in p.name]
+    assert _tree_hashes(raw) == before
 
 
 def test_class_of_only_masks_is_an_empty_class_error(tmp_path):
-    raw = _raw(tmp_path / "raw")
+    raw = _raw(tmp_path / "raw", pack=False)
     _png(raw / "normal" / "normal (1)_mask.png", 255)
     _png(raw / "normal" / "normal (2)_mask_1.png", 255)
+    pack_folder(raw)
     with pytest.raises(EmptyClassError) as info:
         strip_masks(raw, tmp_path / "stripped", DEFAULT)
     assert str(raw / "normal") in str(info.value)
@@ -131,8 +150,9 @@ def test_custom_patterns_are_case_insensitive_and_only_those_are_stripped(tmp_pa
     _png(raw / "a" / "scan1_mask.png")
     _png(raw / "a" / "scan1_mask_1.png")
     _png(raw / "a" / "outline-scan1.png")
+    pack_folder(raw)
     result = strip_masks(raw, tmp_path / "out", ["*_seg.png", "*_mask.png", "outline-*"])
-    assert _files(tmp_path / "out") == {"a/scan1.png", "a/scan1_mask_1.png"}
+    assert _items(tmp_path / "out") == {"a/scan1.png", "a/scan1_mask_1.png"}
     assert result["masks_per_class"] == {"a": 4}
     assert is_mask("X_MASK_2.PNG", DEFAULT) and not is_mask("x_mask.jpg", DEFAULT)
 
@@ -155,20 +175,23 @@ def test_missing_raw_folder_is_an_imgclust_error_naming_it(tmp_path):
 
 
 def test_cli_round_trip_with_repeated_patterns(tmp_path):
-    raw = _raw(tmp_path / "raw")
+    raw = _raw(tmp_path / "raw", pack=False)
     _png(raw / "malignant" / "malignant (1)_seg.png", 255)
+    pack_folder(raw)
     out, report = tmp_path / "stripped", tmp_path / "reports" / "strip.json"
     write_params(tmp_path, strip_masks__patterns=["*_mask*.png", "*_seg.png"])
     proc = run_cli("strip-masks", "--raw", str(raw), "--out", str(out), "--report", str(report), cwd=tmp_path)
     assert "kept 6 images" in proc.stdout and "removed 11 masks" in proc.stdout
-    assert len(_files(out)) == 6 and not [p for p in out.rglob("*") if "_mask" in p.name or "_seg" in p.name]
+    files = unpacked(out)
+    assert len(_files(files)) == 6 and not [p for p in files.rglob("*") if "_mask" in p.name or "_seg" in p.name]
     data = json.loads(report.read_text())
     assert data["masks_per_class"] == {"benign": 6, "malignant": 5}
 
 
 def test_cli_class_of_only_masks_exits_2(tmp_path):
-    raw = _raw(tmp_path / "raw")
+    raw = _raw(tmp_path / "raw", pack=False)
     _png(raw / "normal" / "normal (1)_mask.png", 255)
+    pack_folder(raw)
     write_params(tmp_path)
     proc = run_cli(
         "strip-masks",

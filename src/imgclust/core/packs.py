@@ -54,20 +54,22 @@ def shard_name(first_path: str) -> str:
     return f"part-{_path_hash(first_path):016x}.tar"
 
 
-def check_item_path(path: str, where: object = "") -> str:
+def check_item_path(path: str, where: object = "", fix: str = "rebuild the pack") -> str:
     """``path`` if it is a safe relative POSIX path (class/…/name), else InputDataError: an index
-    or a name from a hostile dataset must not reach outside the folder it is exported to."""
+    or a name from a hostile dataset must not reach outside the folder it is exported to. A
+    backslash is part of a name on POSIX (a class may be called ``$\\bad$ lesion``), but one that
+    starts the path or makes a ``..`` part would lead outside where it is a separator (Windows)."""
     parts = PurePosixPath(path).parts
     if (
         not path
-        or path.startswith("/")
-        or "\\" in path
+        or path.startswith(("/", "\\"))
+        or ".." in path.replace("\\", "/").split("/")
         or "\0" in path
         or len(parts) < 2
         or any(part in ("", ".", "..") for part in parts)
         or path != "/".join(parts)
     ):
-        raise InputDataError(f"{where}: {path!r} is not a relative path of the form class/name; rebuild the pack.")
+        raise InputDataError(f"{where}: {path!r} is not a relative path of the form class/name; {fix}.")
     return path
 
 
@@ -176,7 +178,7 @@ class Pack:
         sizes: dict[str, int] = {}
         self._rows: dict[str, tuple[str, int, int, str]] = {}
         for row in rows:
-            path, shard = check_item_path(row["path"], index), row["shard"]
+            path, shard = check_item_path(row["path"], index, rerun), row["shard"]
             if not SHARD_NAME.fullmatch(shard):
                 raise InputDataError(f"{index}: {shard!r} is not a shard name; {rerun}.")
             if shard not in sizes:
