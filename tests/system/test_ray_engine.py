@@ -21,6 +21,7 @@ import yaml
 
 from support.cli import imgclust_bin
 from support.data import run_data_stages
+from support.packs import unpacked
 from support.paths import BUSI_SAMPLE, KERAS_HOME, REPO
 from support.project import env, write_params
 from support.servers import free_port, server_process, tool
@@ -171,8 +172,9 @@ def _ari(features: np.ndarray, labels: list[str]) -> float:
 
 def test_ray_featurize_equals_local_and_survives_a_killed_actor(ray_cluster, images, local_store, tmp_path):
     """`imgclust featurize` with featurize.engine: ray, connected through RAY_ADDRESS: one actor is
-    SIGKILLed after the first rows landed; Ray restarts it and the store equals the local one
-    (features within 1e-5, same index and meta, same ARI). No store exists until the run is done."""
+    SIGKILLed after the first rows landed (in the stage's per-image cache); Ray restarts it and the
+    store equals the local one (features within 1e-5, same index and meta, same ARI). No store exists
+    until the run is done."""
     from imgclust.core.feature_store import load_features
 
     work = tmp_path / "project"
@@ -188,8 +190,8 @@ def test_ray_featurize_equals_local_and_survives_a_killed_actor(ray_cluster, ima
     killed = None
     deadline = time.monotonic() + 120
     while run.poll() is None and killed is None and time.monotonic() < deadline:
-        partial = list(work.glob(".features.tmp-*/features.npy"))
-        if partial and partial[0].stat().st_size > 1024:  # the header and some rows: mid-run
+        cache = work / ".imgclust" / "cache" / "featurize"
+        if cache.is_dir() and any(p.is_file() for p in cache.rglob("*")):  # some rows: mid-run
             assert not out.exists(), "a feature store appeared before the run finished"
             actors = _actor_pids(ray_cluster["head"].pid)
             if actors:
@@ -233,7 +235,8 @@ def test_ray_predict_equals_local_from_files_and_s3_and_reports_a_corrupt_image(
     )  # fmt: skip
     extractor = KerasFeatureExtractor(**CNN)
     pipeline = image_pipeline(ImageLoader(64, 64, "gray", "lanczos"), extractor, model)
-    paths = [str(images["images"] / row["file"]) for row in index[::3]]
+    exported = unpacked(images["images"])
+    paths = [str(exported / row["file"]) for row in index[::3]]
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     expected = [int(c) for c in pipeline.predict(paths)]

@@ -127,7 +127,8 @@ def _featurize_inputs(root: Path, n: int) -> tuple[Path, Path]:
 def test_spawned_pool_workers_die_with_a_killed_stage(tmp_path):
     """featurize decodes over a spawned pool (imap); its parent is killed once the pool works (its
     first batch of features is written). A spawned worker still starting up when its parent dies
-    (spawned workers re-import the console script: seconds) exits on reaching its initializer."""
+    (spawned workers re-import the console script: seconds) exits on reaching its initializer.
+    The rows go to the stage's per-image cache first: its first entries show that the pool works."""
     images, manifest = _featurize_inputs(tmp_path, 1500)
     write_params(tmp_path, featurize__method="pixels", featurize__batch_size=8)
     log = tmp_path / "featurize.log"
@@ -149,8 +150,8 @@ def test_spawned_pool_workers_die_with_a_killed_stage(tmp_path):
         _wait_for_workers(proc, lambda cmd: "spawn_main" in cmd, log)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline and proc.poll() is None:
-            store = list(tmp_path.glob(".features.tmp-*/features.npy"))
-            if store and store[0].stat().st_size > 128:  # past the header: the workers deliver images
+            cache = tmp_path / ".imgclust" / "cache" / "featurize"
+            if cache.is_dir() and any(p.is_file() for p in cache.rglob("*")):  # the workers deliver images
                 break
             time.sleep(0.02)
         assert _alive(proc.pid), "the stage finished before it could be killed; give it more images"
