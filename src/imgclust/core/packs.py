@@ -254,7 +254,8 @@ def open_pack(folder: Path, producer: str = "") -> Pack:
     except OSError:
         return Pack(folder, producer)
     if key not in _OPENED:
-        _OPENED.clear()
+        if len(_OPENED) >= 4:  # a stage reads one or two packs: keep a few, not every one ever opened
+            _OPENED.clear()
         _OPENED[key] = Pack(folder, producer)
     return _OPENED[key]
 

@@ -98,15 +98,19 @@ def featurize(
         from imgclust.core import ray_engine
 
         ray_engine.import_ray()  # a missing extra fails here, before any image is read
-    # fitting builds the CNN: missing weights fail here, before any image is read
-    extractor = _fitted_extractor(method, cnn_params)
+    from imgclust.core.extractors import make_extractor
+
+    extractor = make_extractor(method, cnn_params)  # checks the method; its parameters go into meta
     rows, first = _listing(manifest_csv, image_dir)
     pack = open_pack(image_dir, producer="augment")
-    n_features = extractor.transform([first]).shape[1]
     dtype = METHOD_DTYPES[method]
     keys = [cache.key(pack.sha256(row["path"])) for row in rows]
     with writable(cache, out_dir.parent) as store:
         todo = {key: row["path"] for key, row in zip(keys, rows) if not store.has(key)}  # each content once
+        if todo and engine != "ray":
+            # fitting builds the CNN (missing weights fail here, before any image is decoded); the
+            # ray engine builds it in its actors, and nothing needs it when every row is cached
+            extractor = _fitted_extractor(method, cnn_params)
         compute = _compute_ray if engine == "ray" else _compute_local
         desc = f"featurize ({method}{', ray' if engine == 'ray' else ''})"
         with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
@@ -117,17 +121,14 @@ def featurize(
                 for key, shape, row in zip(batch_keys, shapes, features):
                     store.put(key, _entry(shape, row))
                 bar.update(len(batch_keys))
+
+        def row(i: int) -> np.ndarray:
+            return _entry_row(cached(store, keys[i], rows[i]["path"]), dtype, image_dir, first.shape)
+
         with atomic_dir(out_dir) as tmp:
-            writer = FeatureStoreWriter(tmp, len(rows), n_features, dtype)
+            writer = FeatureStoreWriter(tmp, len(rows), len(row(0)), dtype)
             for batch in iter_batches(range(len(rows)), batch_size):
-                writer.append(
-                    np.stack(
-                        [
-                            _entry_row(cached(store, keys[i], rows[i]["path"]), dtype, image_dir, first.shape)
-                            for i in batch
-                        ]
-                    )
-                )
+                writer.append(np.stack([row(i) for i in batch]))
             return _close(writer, rows, method, first, extractor)
 
 
