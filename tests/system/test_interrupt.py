@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from imgclust.core import fsutil
+from imgclust.core.item_cache import ItemCache
 from imgclust.core.packs import Pack
 from support.cli import imgclust_bin
 from support.packs import pack_folder
@@ -55,8 +56,7 @@ def _tmp_siblings(path: Path) -> list[Path]:
 def _resized_so_far(project: Path) -> Callable[[], int]:
     """How many images resize has finished, run in ``project``: its per-image cache entries (it
     packs them into its output only once all are there)."""
-    cache = project / ".imgclust" / "cache" / "resize"
-    return lambda: sum(1 for p in cache.rglob("*") if p.is_file() and ".tmp-" not in p.name) if cache.is_dir() else 0
+    return lambda: len(ItemCache(project / ".imgclust" / "cache", "resize", {}).entries())
 
 
 def _default_sigint() -> None:

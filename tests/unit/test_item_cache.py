@@ -24,10 +24,13 @@ from support.packs import edited_copy, items, pack_of
 from support.project import tree_hashes, write_params
 
 
-def _entries(root: Path) -> dict[str, tuple[int, int]]:
-    """Every cache entry file: (inode, mtime): both change when an entry is written again."""
+def _entries(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every entry of every namespace under ``root``: "namespace/key" -> (segment, offset, size);
+    an entry written again lands elsewhere (segments are only appended to)."""
     return {
-        p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
+        f"{index.parent.name}/{key}": where
+        for index in root.rglob("index.sqlite")
+        for key, where in ItemCache(root, index.parent.name, {}).entries().items()
     }
 
 
@@ -40,7 +43,7 @@ def test_a_miss_then_a_put_then_a_hit(tmp_path):
     assert cache.get(key) is None and not cache.has(key)
     cache.put(key, b"resized bytes")
     assert cache.get(key) == b"resized bytes" and cache.has(key)
-    assert list(_entries(tmp_path / "cache")) == [f"resize/{key[:2]}/{key[2:]}"]
+    assert list(_entries(tmp_path / "cache")) == [f"resize/{key}"]
     cache.put(key, b"")  # an empty result is a result, not a miss
     assert cache.get(key) == b""
     assert ItemCache(tmp_path / "cache", "resize", {"settings": [32, 32]}).get(key) == b"", "kept across instances"
@@ -49,23 +52,25 @@ def test_a_miss_then_a_put_then_a_hit(tmp_path):
 @pytest.mark.parametrize(
     "damage",
     [
-        lambda blob: blob[:-1],  # truncated payload
-        lambda blob: blob[:10],  # truncated digest
-        lambda blob: b"",  # empty file
-        lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]),  # one bit of the payload flipped
-        lambda blob: bytes([blob[0] ^ 1]) + blob[1:],  # one bit of the digest flipped
+        lambda blob: blob[:-1],  # truncated segment
+        lambda blob: blob[:10],  # cut short
+        lambda blob: b"",  # empty segment
+        lambda blob: blob[:-1] + bytes([blob[-1] ^ 1]),  # one bit of the last byte flipped
+        lambda blob: bytes([blob[0] ^ 1]) + blob[1:],  # one bit of the first byte flipped
     ],
-    ids=["truncated", "digest-cut", "empty", "payload-altered", "digest-altered"],
+    ids=["truncated", "cut-short", "empty", "last-byte-altered", "first-byte-altered"],
 )
 def test_a_damaged_entry_is_a_miss(tmp_path, damage):
     cache = ItemCache(tmp_path, "s", {})
     key = cache.key("d")
     cache.put(key, b"some result bytes")
-    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
-    entry.write_bytes(damage(entry.read_bytes()))
-    assert cache.get(key) is None
-    cache.put(key, b"some result bytes")  # and is simply written again
-    assert cache.get(key) == b"some result bytes"
+    (segment,) = list((tmp_path / "s").glob("seg-*.bin"))
+    segment.write_bytes(damage(segment.read_bytes()))
+    fresh = ItemCache(tmp_path, "s", {})  # another process, reading what is on disk
+    assert fresh.get(key) is None
+    assert not fresh.has(key), "a damaged entry is forgotten, so the next run computes it again"
+    fresh.put(key, b"some result bytes")  # and is simply written again
+    assert ItemCache(tmp_path, "s", {}).get(key) == b"some result bytes"
 
 
 def test_no_cache_keeps_nothing(tmp_path, monkeypatch):

@@ -4,8 +4,9 @@ not seen (DVC reruns a stage on all of its inputs whenever one of them changes).
 An entry's key is the sha256 of the stage's *version* (its parameters, the digest of the code it
 runs and the versions of the libraries that shape its bytes) and of the input item's own digest.
 A changed image, parameter, line of code or library therefore misses, and the stage computes the
-item again; everything else is read back. Entries are written atomically (temporary file, then
-rename) and carry the sha256 of their payload, checked on every read: a damaged entry is a miss.
+item again; everything else is read back. Each entry's CRC-32 is checked on every read (the cache
+is local: the check is for damage, while keys, which must not collide, are sha256): a damaged entry
+is a miss, and is forgotten, so the next run computes it again.
 
 The cache is a git-ignored folder of the checkout (``.imgclust/cache`` by default), never a DVC
 output or a shared file; deleting it costs only time.
@@ -18,10 +19,9 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-DIGEST_BYTES = 32
 
 
 def code_version(files: Iterable[Path], libraries: Iterable[str] = ("numpy", "PIL")) -> str:
@@ -37,52 +37,130 @@ def code_version(files: Iterable[Path], libraries: Iterable[str] = ("numpy", "PI
     return digest.hexdigest()
 
 
+INDEX = "index.sqlite"
+
+
 class ItemCache:
     """Entries of one stage version under ``root/<namespace>/``. ``root`` None: a cache that holds
-    nothing (every lookup misses, nothing is written)."""
+    nothing (every lookup misses, nothing is written).
+
+    Entries are appended to segment files (one per writing process and run) and listed in a SQLite
+    index: creating a small file costs about 0.6 ms on this
+    kind of disk, so 20,000 entries as files took 13 s to write where one segment takes 1.7 s.
+    Several processes may write at once (a worker pool, queued experiments): each appends to its
+    own segment, and SQLite serialises the index (key, segment, offset, size, CRC-32)."""
 
     def __init__(self, root: Path | None, namespace: str, version: dict):
         self.root = None if root is None else Path(root) / namespace
         self.version = hashlib.sha256(json.dumps(version, sort_keys=True, default=str).encode()).hexdigest()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid, self._db, self._segment, self._readers = os.getpid(), None, None, {}
+
+    def __getstate__(self) -> dict:  # to a worker process: without open files and connections
+        return {"root": self.root, "version": self.version}
+
+    def __setstate__(self, state: dict) -> None:
+        self.root, self.version = state["root"], state["version"]
+        self._reset()
 
     def key(self, *parts: str) -> str:
         """The entry key of an input item, from its digest (and anything else that makes it distinct)."""
         return hashlib.sha256("\0".join((self.version, *parts)).encode("utf-8", "surrogateescape")).hexdigest()
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / key[2:]
+    def _index(self, create: bool):
+        """The index connection of this process, or None (no cache, none yet, or unusable)."""
+        import sqlite3
 
-    def get(self, key: str) -> bytes | None:
         if self.root is None:
             return None
-        try:
-            with open(self._path(key), "rb") as fh:
-                blob = fh.read()
-        except OSError:
+        if self._pid != os.getpid():  # a forked child: the parent's connection and files are not ours
+            self._reset()
+        if self._db is None:
+            if not create and not (self.root / INDEX).is_file():
+                return None
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.root / INDEX, timeout=60, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=OFF")  # an entry lost in a power cut is computed again
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, segment TEXT NOT NULL, "
+                    "offset INTEGER NOT NULL, size INTEGER NOT NULL, crc32 INTEGER NOT NULL)"
+                )
+            except (OSError, sqlite3.Error):
+                return None
+            self._db = db
+        return self._db
+
+    def _lookup(self, key: str):
+        import sqlite3
+
+        db = self._index(create=False)
+        if db is None:
             return None
-        digest, data = blob[:DIGEST_BYTES], blob[DIGEST_BYTES:]
-        return data if hashlib.sha256(data).digest() == digest else None
+        try:
+            return db.execute("SELECT segment, offset, size, crc32 FROM entries WHERE key = ?", (key,)).fetchone()
+        except sqlite3.Error:
+            return None
 
     def has(self, key: str) -> bool:
-        return self.root is not None and self._path(key).is_file()
+        return self._lookup(key) is not None
+
+    def get(self, key: str) -> bytes | None:
+        row = self._lookup(key)
+        if row is None:
+            return None
+        segment, offset, size, digest = row
+        try:
+            if segment not in self._readers:
+                self._readers[segment] = os.open(self.root / Path(segment).name, os.O_RDONLY)
+            data = os.pread(self._readers[segment], size, offset)
+        except OSError:
+            data = b""
+        if len(data) == size and zlib.crc32(data) == digest:
+            return data
+        self._forget(key)  # damaged: the next run computes it again
+        return None
+
+    def _forget(self, key: str) -> None:
+        import sqlite3
+
+        try:
+            self._db.execute("DELETE FROM entries WHERE key = ?", (key,))
+        except (AttributeError, sqlite3.Error):
+            pass
 
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` under ``key``; a cache that cannot be written (disk full, read-only) is
         skipped silently: it only saves time."""
-        if self.root is None:
+        import sqlite3
+
+        db = self._index(create=True)
+        if db is None:
             return
-        path = self._path(key)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(hashlib.sha256(data).digest() + data)
-            os.replace(tmp, path)
-        except OSError:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            if self._segment is None:
+                name = f"seg-{os.getpid()}-{os.urandom(6).hex()}.bin"
+                self._segment = (name, open(self.root / name, "ab"))  # noqa: SIM115 - lives with the process
+            name, fh = self._segment
+            offset = fh.seek(0, os.SEEK_END)
+            fh.write(data)
+            fh.flush()  # on disk (the page cache) before the index points at it
+            db.execute(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                (key, name, offset, len(data), zlib.crc32(data)),
+            )
+        except (OSError, sqlite3.Error):
+            pass
+
+    def entries(self) -> dict[str, tuple[str, int, int]]:
+        """Every entry: key -> (segment, offset, size), for inspection."""
+        db = self._index(create=False)
+        if db is None:
+            return {}
+        return {row[0]: tuple(row[1:]) for row in db.execute("SELECT key, segment, offset, size FROM entries")}
 
 
 NO_CACHE = ItemCache(None, "none", {})  # for callers that keep nothing (tests, one-off runs)
