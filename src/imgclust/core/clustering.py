@@ -256,10 +256,11 @@ def _fit_transform(steps, features, is_train, pca_on_all, fit, batch_size, cache
     with ``fit(Pipeline(steps))``, or restore the PCA from ``cache``; return ([("pca", fitted)],
     the train rows' embedding, computed ``batch_size`` rows at a time).
 
-    The cache key covers what the fitted PCA and the embedding depend on: the features' content, the
-    fit and train rows, the steps' classes and parameters, ``batch_size`` and the code (see
-    ``core.fit_cache``). A restored entry is used only if it recomputes its first batch of the
-    embedding bit for bit, so a model from the cache is the model a fit makes.
+    The cache key covers all the fitted PCA and the embedding depend on: the features' content, the
+    fit and train rows, the steps' classes and parameters, ``batch_size``, the library versions and
+    this code (see ``core.fit_cache``), so an entry holds the bits a fit would make here. Its files
+    are checked against their digests as they are read, and it is used only if the restored PCA
+    maps a sample of the train rows onto the stored embedding (``_embedding_matches``).
     """
     from sklearn.base import clone
     from sklearn.pipeline import Pipeline
@@ -288,13 +289,11 @@ def _fit_transform(steps, features, is_train, pca_on_all, fit, batch_size, cache
             found = cache.load(key, clone(pca))
             if found is not None:
                 restored, embedding = found
-                transform = Pipeline(steps[:-1] + [(name, restored), ("none", None)])
-                first = train_rows[:batch_size]
-                if embedding.shape[0] == len(train_rows) and np.array_equal(
-                    _embed_rows(transform, features, first, batch_size), embedding[: len(first)]
+                if _embedding_matches(
+                    Pipeline(steps[:-1] + [(name, restored), ("none", None)]), features, train_rows, embedding
                 ):
                     return [(name, restored)], embedding
-                cache.last = "refused: its embedding differs from the features' own"
+                cache.last = "refused: its embedding is not the features' own"
                 cache.discard(key)
     fit(Pipeline(steps))
     # batch by batch: no second full float matrix
@@ -304,39 +303,101 @@ def _fit_transform(steps, features, is_train, pca_on_all, fit, batch_size, cache
     return [(name, pca)], embedding
 
 
+def _embedding_matches(transform, features, train_rows: np.ndarray, embedding: np.ndarray, n_sample: int = 64) -> bool:
+    """Whether ``transform`` maps ``n_sample`` train rows spread over all of them onto their rows of
+    ``embedding``, to float32 rounding (in one small batch, so not bit for bit: the stored embedding
+    was computed in larger batches)."""
+    if embedding.shape[0] != len(train_rows) or not len(train_rows):
+        return False
+    sample = np.unique(np.linspace(0, len(train_rows) - 1, min(n_sample, len(train_rows))).astype(np.int64))
+    again = _embed_rows(transform, features, train_rows[sample], len(sample))
+    if again.shape != embedding[sample].shape:
+        return False
+    tolerance = 1e-4 * float(np.abs(embedding[sample]).max()) + 1e-6
+    return bool(np.abs(again.astype(np.float64) - embedding[sample]).max() <= tolerance)
+
+
 def _rows_matrix(transform, features, rows: np.ndarray, batch_size: int = EMBED_BATCH) -> np.ndarray:
-    """``transform.transform(features[rows])`` (a Pipeline of elementwise steps, maybe none) as one
-    new matrix, filled batch by batch: no full copy of the raw rows next to it."""
+    """``transform.transform(features[rows])`` (elementwise steps, maybe none) as one new matrix,
+    filled batch by batch: no full copy of the raw rows next to it."""
     if not len(transform):
         return np.asarray(features[rows])  # a copy: fancy indexing
-    out = None
+    scaler = _only_pixel_scaler(transform)
+    raw, out = None, None
     for start in range(0, len(rows), batch_size):
-        part = transform.transform(np.asarray(features[rows[start : start + batch_size]]))
-        if out is None:
-            out = np.empty((len(rows), part.shape[1]), part.dtype)
-        out[start : start + len(part)] = part
+        raw = _read_rows(features, rows[start : start + batch_size], raw)
+        if scaler is not None:
+            if out is None:
+                out = np.empty((len(rows), features.shape[1]), np.float32)
+            scaler.transform_into(raw, out[start : start + len(raw)])
+        else:
+            part = transform.transform(raw)
+            if out is None:
+                out = np.empty((len(rows), part.shape[1]), part.dtype)
+            out[start : start + len(part)] = part
         release_pages(features)
     return out
 
 
+def _only_pixel_scaler(transform):
+    """The PixelScaler when it is ``transform``'s only step, else None."""
+    from imgclust.core.scaling import PixelScaler
+
+    steps = transform.steps
+    return steps[0][1] if len(steps) == 1 and type(steps[0][1]) is PixelScaler else None
+
+
+def _read_rows(features, rows, buffer: np.ndarray | None) -> np.ndarray:
+    """``features[rows]`` (rows: a sorted index array) in ``buffer`` when it is large enough (reused
+    from batch to batch), else in a new array."""
+    n = len(rows)
+    if buffer is None or len(buffer) < n:
+        buffer = np.empty((n, features.shape[1]), features.dtype)
+    return np.take(features, rows, axis=0, out=buffer[:n], mode="clip")  # "raise" buffers its output
+
+
 def _embed_rows(transform, features, rows: np.ndarray, batch_size: int) -> np.ndarray:
     """``embed`` of ``features[rows]``, bit for bit, without copying all those rows at once."""
-    parts = []
+    parts, raw = [], None
+    apply = _batch_transform(transform[:-1] if len(transform.steps) > 1 else None)
     for start in range(0, len(rows), batch_size):
-        parts.append(embed(transform, np.asarray(features[rows[start : start + batch_size]]), batch_size))
-        release_pages(features)  # fancy indexing maps the rows' pages in: let them go again
+        raw = _read_rows(features, rows[start : start + batch_size], raw)
+        parts.append(apply(raw))
+        release_pages(features)  # the rows' pages mapped in: let them go again
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+
+
+def _batch_transform(transform):
+    """``transform.transform`` (None: float32 rows) for batch after batch, bit for bit; a leading
+    pixel scaling writes into one buffer reused by every batch, and the result is always a new array."""
+    if transform is None:
+        return lambda batch: batch.astype(np.float32)
+    from imgclust.core.scaling import PixelScaler
+
+    scaler = transform.steps[0][1]
+    if type(scaler) is not PixelScaler:
+        return transform.transform
+    rest = transform[1:] if len(transform.steps) > 1 else None
+    buffers = []
+
+    def apply(batch):
+        batch = np.asarray(batch)
+        if not buffers or buffers[0].shape[0] < len(batch) or buffers[0].shape[1:] != batch.shape[1:]:
+            buffers[:] = [np.empty(batch.shape, np.float32)]
+        scaled = scaler.transform_into(batch, buffers[0][: len(batch)])
+        return rest.transform(scaled) if rest is not None else scaled.copy()
+
+    return apply
 
 
 @one_thread()
 def embed(pipeline, features: np.ndarray, batch_size: int = EMBED_BATCH) -> np.ndarray:
     """The clustering space (all steps but the clusterer) of ``features``, computed batch by batch
     so that memory-mapped features are never loaded whole."""
-    transform = pipeline[:-1] if len(pipeline.steps) > 1 else None
+    apply = _batch_transform(pipeline[:-1] if len(pipeline.steps) > 1 else None)
     parts = []
     for start in range(0, len(features), batch_size):
-        batch = np.asarray(features[start : start + batch_size])
-        parts.append(transform.transform(batch) if transform else batch.astype(np.float32))
+        parts.append(apply(np.asarray(features[start : start + batch_size])))
         release_pages(features)
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
 

@@ -63,13 +63,44 @@ def _sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+_DIGEST_PARTS = 4  # a file's digest: SHA-256 of its quarters' SHA-256s, hashed side by side
+
+
+def file_digest(path: Path) -> str:
+    """Content digest of a (large) file: its ``_DIGEST_PARTS`` parts are hashed on as many threads as
+    there are cores (hashlib lets go of the GIL), reading with plain reads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = os.path.getsize(path)
+    bounds = [size * i // _DIGEST_PARTS for i in range(_DIGEST_PARTS + 1)]
+
+    def part(i: int) -> bytes:
+        digest = hashlib.sha256()
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(bounds[i])
+            left = bounds[i + 1] - bounds[i]
+            buffer = bytearray(min(left, 4 * 2**20))
+            view = memoryview(buffer)
+            while left:
+                n = fh.readinto(view[: min(left, len(buffer))])
+                if not n:
+                    raise OSError(f"{path}: file shrank while being read")
+                digest.update(view[:n])
+                left -= n
+        return digest.digest()
+
+    with ThreadPoolExecutor(max_workers=min(_DIGEST_PARTS, os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(part, range(_DIGEST_PARTS)))
+    return hashlib.sha256(f"{size}:".encode() + b"".join(parts)).hexdigest()
+
+
 def array_digest(array: np.ndarray) -> dict:
     """Content digest of ``array``: of its file when it is a memory map of a whole .npy file (read
     with plain reads, so the pages do not count as this process's memory), else of its bytes."""
     described = {"shape": list(array.shape), "dtype": array.dtype.str}
     filename = getattr(array, "filename", None)
     if isinstance(array, np.memmap) and filename and array.offset + array.nbytes == os.path.getsize(filename):
-        return {**described, "file_sha256": _sha256_file(Path(filename)), "offset": int(array.offset)}
+        return {**described, "file_digest": file_digest(Path(filename)), "offset": int(array.offset)}
     digest = hashlib.sha256()
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     step = 64 * 2**20
