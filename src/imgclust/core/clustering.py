@@ -483,9 +483,10 @@ def scan_k(
     kmeans: dict,
     scalable: dict,
     pca_on_all: bool,
+    cache=None,
 ) -> list[dict]:
-    """Fit the transform part of the model once, then the clusterer for every k on the TRAIN rows,
-    with the same settings as ``fit_model``."""
+    """Fit the transform part of the model once (or take it from ``cache``, as ``fit_model``), then
+    the clusterer for every k on the TRAIN rows, with the same settings as ``fit_model``."""
     from sklearn.base import clone
     from sklearn.metrics import adjusted_rand_score
     from tqdm import tqdm
@@ -501,6 +502,7 @@ def scan_k(
         kmeans={**kmeans, "n_clusters": min(ks), "n_init": 1},
         scalable=scalable,
         pca_on_all=pca_on_all,
+        cache=cache,
     )
     embedding = embed(base, features)
     labels = np.array([row["class"] for row in index])

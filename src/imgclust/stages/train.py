@@ -12,16 +12,12 @@ from imgclust import config
 from imgclust.core import progress
 from imgclust.core.clustering import fit_model
 from imgclust.core.feature_store import load_features
-from imgclust.core.fit_cache import FitCache
+from imgclust.core.fit_cache import TRAIN_CACHE, FitCache
 from imgclust.core.fsutil import atomic_file
-from imgclust.core.stage_log import LOCAL_DIR
 from imgclust.errors import InputDataError
 
 # the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
 PARAMS = ("protocol", "train")
-# the fitted PCA and train embedding of recent fits, so that a rerun changing only the clusterer
-# skips the PCA (core/fit_cache.py); git-ignored, safe to delete
-FIT_CACHE = LOCAL_DIR / "cache" / "train"
 
 
 def run(
@@ -59,8 +55,9 @@ def command(
     features_dir: Path = typer.Option(..., "--features", help="Feature store folder."),
     out: Path = typer.Option(..., help="Fitted pipeline to write."),
 ) -> None:
-    cache = FitCache(FIT_CACHE)
+    # the fitted PCA of recent fits, so that a rerun changing only the clusterer skips the PCA
+    cache = FitCache(TRAIN_CACHE)
     pipeline, n_train = run(features_dir, out, config.load(PARAMS), cache)
     if cache.last:
-        typer.echo(f"train: PCA cache ({FIT_CACHE}): {cache.last}")
+        typer.echo(f"train: PCA cache ({TRAIN_CACHE}): {cache.last}")
     typer.echo(f"train: {' -> '.join(pipeline.named_steps)} on {n_train} train rows -> {out}")
