@@ -426,9 +426,11 @@ def _fit_in_batches(
         batches = list(iter_batches(pca_rows, batch_size))
         if len(batches) > 1 and len(batches[-1]) < n_components:
             batches[-2:] = [np.concatenate(batches[-2:])]
+        apply = _batch_transform(pipeline[:-1]) if len(pipeline) > 1 else None
+        raw = None
         for rows in tqdm(batches, desc="train: incremental PCA", unit="batch", disable=None, leave=False):
-            chunk = np.asarray(features[rows])
-            model.partial_fit(pipeline[:-1].transform(chunk) if len(pipeline) > 1 else chunk)
+            raw = _read_rows(features, rows, raw)
+            model.partial_fit(apply(raw) if apply else raw)
             release_pages(features)
 
     if n_components:
