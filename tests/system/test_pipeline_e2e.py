@@ -192,7 +192,9 @@ def test_exp_run_in_workspace_and_temp_each_log_one_run(project):
     sh("git", "add", "-A", cwd=project)
     sh("git", "commit", "-qm", "reproduced", cwd=project)
     before = len(mlflow_runs(project))
-    sh("dvc", "exp", "run", "-n", "k4", "-S", "train.kmeans.n_clusters=4", cwd=project)
+    k4 = sh("dvc", "exp", "run", "-n", "k4", "-S", "train.kmeans.n_clusters=4", cwd=project)
+    # only k changed: train takes the PCA fitted by an earlier run from .imgclust/cache/train
+    assert "train: PCA cache (.imgclust/cache/train): hit" in k4.stdout + k4.stderr
     sh("dvc", "exp", "run", "--temp", "-n", "pca20", "-S", "train.pca.n_components=20", cwd=project)
     runs = mlflow_runs(project)
     assert len(runs) == before + 2

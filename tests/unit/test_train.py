@@ -6,16 +6,22 @@ augment (honest) -> featurize (pixels).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import shutil
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pytest
 import yaml
+from sklearn.decomposition import PCA
 
 from imgclust import config
 from imgclust.core.clustering import SVD_SOLVERS, check_params, fit_model
 from imgclust.core.feature_store import load_features
+from imgclust.core.fit_cache import FitCache
 from imgclust.errors import ParamError
 from imgclust.stages.featurize import cnn_params, featurize
 from support.cli import run_cli
@@ -400,3 +406,138 @@ def test_cli_train_missing_features_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "run the featurize stage" in proc.stderr
     assert not (tmp_path / "m.joblib").exists()
+
+
+# ---------------------------------------------------------------- the fitted-PCA cache (core/fit_cache.py)
+
+
+def model_bytes(model) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    return buffer.getvalue()
+
+
+CACHE_CASES = {
+    "exact": {"n_components": 5},
+    "tutorial": {"n_components": 5, "pca_on_all": True},
+    "incremental": {"n_components": 5, "threshold": 10, "batch_size": 16},
+    "whiten, arpack": {"n_components": 5, "whiten": True, "svd_solver": "arpack"},
+}
+
+
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_cache_hit_gives_the_bytes_of_a_cold_fit(data, tmp_path, case):
+    """A rerun that changes only the clusterer reuses the PCA and writes the same model, byte for
+    byte, as a fit without the cache; so does a first fit that stores an entry."""
+    features, is_train, _ = data
+    cache = FitCache(tmp_path / "cache")
+    for k in (3, 4):
+        given = settings(**CACHE_CASES[case], n_clusters=k, n_init=2)
+        cold = model_bytes(fit_model(features, is_train, method="pixels", **given))
+        cached = model_bytes(fit_model(features, is_train, method="pixels", **given, cache=cache))
+        assert cache.last == ("stored" if k == 3 else "hit")
+        assert cached == cold
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    # an entry holds plain arrays and a manifest: nothing a loader would unpickle
+    entry = next((tmp_path / "cache").iterdir())
+    assert {p.suffix for p in entry.iterdir()} == {".npy", ".json"}
+    for path in entry.glob("*.npy"):
+        np.load(path, allow_pickle=False)
+
+
+def test_cache_keys_on_the_features_content_and_the_pca_settings(features_dir, data, tmp_path):
+    features, is_train, _ = data
+    cache = FitCache(tmp_path / "cache")
+    fit_model(features, is_train, method="pixels", **settings(n_components=5, n_init=1), cache=cache)
+    assert cache.last == "stored"
+    # another PCA setting or other train rows: another entry
+    fit_model(features, is_train, method="pixels", **settings(n_components=4, n_init=1), cache=cache)
+    assert cache.last == "stored"
+    other_rows = is_train.copy()
+    other_rows[np.flatnonzero(is_train)[0]] = False
+    fit_model(features, other_rows, method="pixels", **settings(n_components=5, n_init=1), cache=cache)
+    assert cache.last == "stored"
+    # one pixel changed in a copy of the store: its digest differs, so no entry is reused
+    changed = tmp_path / "changed"
+    shutil.copytree(features_dir, changed)
+    raw = np.load(changed / "features.npy", mmap_mode="r+")
+    raw[0, 0] ^= 1
+    raw.flush()
+    del raw
+    features2, _, _ = load_features(changed)
+    fit_model(features2, is_train, method="pixels", **settings(n_components=5, n_init=1), cache=cache)
+    assert cache.last == "stored"
+    assert len(list((tmp_path / "cache").iterdir())) == 4
+
+
+def _entry(folder: Path) -> tuple[Path, dict]:
+    (entry,) = folder.iterdir()
+    return entry, json.loads((entry / "manifest.json").read_text())
+
+
+def test_damaged_or_wrong_cache_entries_are_refitted_over(data, tmp_path):
+    features, is_train, _ = data
+    given = settings(n_components=5, n_init=2)
+    expected = model_bytes(fit_model(features, is_train, method="pixels", **given))
+    cache = FitCache(tmp_path / "cache")
+    fit_model(features, is_train, method="pixels", **given, cache=cache)
+    entry, manifest = _entry(tmp_path / "cache")
+    components = next(a for a in manifest["attributes"] if a["name"] == "components_")
+
+    # a changed byte: its digest no longer matches
+    path = entry / components["file"]
+    path.write_bytes(path.read_bytes()[:-1] + b"\x01")
+    assert model_bytes(fit_model(features, is_train, method="pixels", **given, cache=cache)) == expected
+    assert cache.last == "stored"
+
+    # a consistent entry (digests updated) whose PCA does not give its embedding: refused too
+    entry, manifest = _entry(tmp_path / "cache")
+    components = next(a for a in manifest["attributes"] if a["name"] == "components_")
+    path = entry / components["file"]
+    array = np.load(path)
+    np.save(path, array[::-1].copy(order="A"))
+    components["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    model = fit_model(features, is_train, method="pixels", **given, cache=cache)
+    assert model_bytes(model) == expected and cache.last == "stored"
+
+    # a pickled (object) array in place of the embedding: refused without unpickling it
+    entry, manifest = _entry(tmp_path / "cache")
+    path = entry / manifest["embedding"]["file"]
+    np.save(path, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    manifest["embedding"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    cache2 = FitCache(tmp_path / "cache")
+    assert cache2.load(entry.name, PCA(n_components=5)) is None
+    assert cache2.last.startswith("refused: ") and "pickle" in cache2.last.lower()
+    assert not entry.exists()  # a refused entry is removed
+
+
+def test_cache_keeps_the_most_recently_used_entries(data, tmp_path):
+    features, is_train, _ = data
+    cache = FitCache(tmp_path / "cache", max_entries=2)
+    for n_components in (3, 4, 5):
+        fit_model(features, is_train, method="pixels", **settings(n_components=n_components, n_init=1), cache=cache)
+        assert cache.last == "stored"
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    fit_model(features, is_train, method="pixels", **settings(n_components=4, n_init=1), cache=cache)
+    assert cache.last == "hit"
+    fit_model(features, is_train, method="pixels", **settings(n_components=3, n_init=1), cache=cache)
+    assert cache.last == "stored"  # evicted first as the oldest
+
+
+def test_cli_train_reuses_the_pca_after_a_k_change(features_dir, data, tmp_path):
+    """What `dvc repro` does after train.kmeans.n_clusters changes: the second train run only
+    clusters, and writes the model a fit from nothing writes."""
+    features, is_train, _ = data
+    work = tmp_path / "work"
+    out = tmp_path / "model.joblib"
+    write_params(work, train__pca__n_components=5, train__kmeans__n_clusters=3)
+    first = run_cli("train", "--features", str(features_dir), "--out", str(out), cwd=work)
+    assert "PCA cache (.imgclust/cache/train): stored" in first.stdout
+    write_params(work, train__pca__n_components=5, train__kmeans__n_clusters=4)
+    second = run_cli("train", "--features", str(features_dir), "--out", str(out), cwd=work)
+    assert "PCA cache (.imgclust/cache/train): hit" in second.stdout
+    expected = fit_model(features, is_train, method="pixels", **settings(n_components=5, n_clusters=4))
+    assert out.read_bytes() == model_bytes(expected)
+    assert [p.name for p in (work / ".imgclust" / "cache").iterdir()] == ["train"]

@@ -31,6 +31,7 @@ AUTO_K = "auto"
 ORIGINALS = "originals"  # evaluate's group of every original image (train and test, no augmented copy)
 # what train.auto_k maximises (silhouette) or minimises (bic) for each clusterer that takes a k
 AUTO_K_CRITERIA = {"kmeans": "silhouette", "ward": "silhouette", "spectral": "silhouette", "gmm": "bic"}
+EMBED_BATCH = 2048  # rows per batch where the exact path scales and embeds rows
 
 
 def make_clusterer(name: str, n_clusters: int, kmeans: dict, clusterers: dict | None = None, batch_size=None):
@@ -164,6 +165,7 @@ def fit_model(
     clusterer: str = "kmeans",
     clusterers: dict | None = None,
     auto_k: dict | None = None,
+    cache=None,
 ):
     """Return a fitted ``Pipeline``. PCA is fitted on the train rows, or on all rows when
     ``pca_on_all`` (the tutorial protocol, as the seed recipe did); KMeans always on train rows.
@@ -173,6 +175,8 @@ def fit_model(
     IncrementalPCA and KMeans a MiniBatchKMeans, both fed ``batch_size`` rows at a time from the
     (memory-mapped) features, so memory stays bounded. ``clusterer`` (one of CLUSTERERS) with its
     sections ``clusterers`` (train.spectral/gmm/hdbscan) and ``auto_k`` (see ``fit_clusterer``).
+    ``cache``: a ``core.fit_cache.FitCache`` that keeps the fitted PCA and the train rows' embedding
+    (see ``_fit_transform``); the model is byte for byte the same with or without it.
     """
     is_train = np.asarray(is_train, dtype=bool)
     if clusterer not in CLUSTERERS:
@@ -188,6 +192,7 @@ def fit_model(
             kmeans=kmeans,
             batch_size=scalable["batch_size"],
             pca_on_all=pca_on_all,
+            cache=cache,
             **choice,
         )
     from sklearn.decomposition import PCA
@@ -214,10 +219,23 @@ def fit_model(
         steps.append(
             ("pca", PCA(n_components=n_components, random_state=kmeans["random_state"], copy=False, **pca_args))
         )
-    if steps:
-        Pipeline(steps).fit(features if pca_on_all else features[is_train])
-        # batch by batch: no second full float matrix
-        embedding = embed(Pipeline(steps + [("none", None)]), features[is_train])
+    if n_components:
+        steps[-1:], embedding = _fit_transform(
+            steps,
+            features,
+            is_train,
+            pca_on_all,
+            # the PCA gets a float matrix made for this fit alone, filled batch by batch
+            lambda pipeline: pipeline.steps[-1][1].fit(
+                _rows_matrix(
+                    pipeline[:-1], features, np.arange(len(features)) if pca_on_all else np.flatnonzero(is_train)
+                )
+            ),
+            EMBED_BATCH,
+            cache,
+        )
+    elif steps:
+        embedding = _embed_rows(Pipeline(steps + [("none", None)]), features, np.flatnonzero(is_train), EMBED_BATCH)
     else:
         embedding = np.asarray(features[is_train])
     model = fit_clusterer(clusterer, embedding, kmeans, clusterers, auto_k)
@@ -233,20 +251,160 @@ def _checked_k(kmeans: dict, clusterer: str, auto_k: dict | None, n_train: int) 
     return kmeans["n_clusters"]
 
 
+def _fit_transform(steps, features, is_train, pca_on_all, fit, batch_size, cache):
+    """Fit the transform ``steps`` (scaling, then the PCA: the last step, the only one with a state)
+    with ``fit(Pipeline(steps))``, or restore the PCA from ``cache``; return ([("pca", fitted)],
+    the train rows' embedding, computed ``batch_size`` rows at a time).
+
+    The cache key covers all the fitted PCA and the embedding depend on: the features' content, the
+    fit and train rows, the steps' classes and parameters, ``batch_size``, the library versions and
+    this code (see ``core.fit_cache``), so an entry holds the bits a fit would make here. Its files
+    are checked against their digests as they are read, and it is used only if the restored PCA
+    maps a sample of the train rows onto the stored embedding (``_embedding_matches``).
+    """
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline
+
+    from imgclust.core import fit_cache
+
+    name, pca = steps[-1]
+    train_rows = np.flatnonzero(is_train)
+    key = None
+    if cache is not None:
+        try:
+            descriptions = [fit_cache.estimator_description(step) for _, step in steps]
+        except TypeError:  # a parameter a key cannot hold (e.g. a RandomState): no caching
+            descriptions = None
+        if descriptions is not None:
+            key = fit_cache.cache_key(
+                {
+                    "features": fit_cache.array_digest(features),
+                    "fit_rows": "all" if pca_on_all else fit_cache.rows_digest(is_train),
+                    "train_rows": fit_cache.rows_digest(is_train),
+                    "steps": descriptions,
+                    "embed_batch": batch_size,
+                    "code": fit_cache.code_version(),
+                }
+            )
+            found = cache.load(key, clone(pca))
+            if found is not None:
+                restored, embedding = found
+                if _embedding_matches(
+                    Pipeline(steps[:-1] + [(name, restored), ("none", None)]), features, train_rows, embedding
+                ):
+                    return [(name, restored)], embedding
+                cache.last = "refused: its embedding is not the features' own"
+                cache.discard(key)
+    fit(Pipeline(steps))
+    # batch by batch: no second full float matrix
+    embedding = _embed_rows(Pipeline(steps + [("none", None)]), features, train_rows, batch_size)
+    if key is not None:
+        cache.store(key, pca, embedding)
+    return [(name, pca)], embedding
+
+
+def _embedding_matches(transform, features, train_rows: np.ndarray, embedding: np.ndarray, n_sample: int = 64) -> bool:
+    """Whether ``transform`` maps ``n_sample`` train rows spread over all of them onto their rows of
+    ``embedding``, to float32 rounding (in one small batch, so not bit for bit: the stored embedding
+    was computed in larger batches)."""
+    if embedding.shape[0] != len(train_rows) or not len(train_rows):
+        return False
+    sample = np.unique(np.linspace(0, len(train_rows) - 1, min(n_sample, len(train_rows))).astype(np.int64))
+    again = _embed_rows(transform, features, train_rows[sample], len(sample))
+    if again.shape != embedding[sample].shape:
+        return False
+    tolerance = 1e-4 * float(np.abs(embedding[sample]).max()) + 1e-6
+    return bool(np.abs(again.astype(np.float64) - embedding[sample]).max() <= tolerance)
+
+
+def _rows_matrix(transform, features, rows: np.ndarray, batch_size: int = EMBED_BATCH) -> np.ndarray:
+    """``transform.transform(features[rows])`` (elementwise steps, maybe none) as one new matrix,
+    filled batch by batch: no full copy of the raw rows next to it."""
+    if not len(transform):
+        return np.asarray(features[rows])  # a copy: fancy indexing
+    scaler = _only_pixel_scaler(transform)
+    raw, out = None, None
+    for start in range(0, len(rows), batch_size):
+        raw = _read_rows(features, rows[start : start + batch_size], raw)
+        if scaler is not None:
+            if out is None:
+                out = np.empty((len(rows), features.shape[1]), np.float32)
+            scaler.transform_into(raw, out[start : start + len(raw)])
+        else:
+            part = transform.transform(raw)
+            if out is None:
+                out = np.empty((len(rows), part.shape[1]), part.dtype)
+            out[start : start + len(part)] = part
+        release_pages(features)
+    return out
+
+
+def _only_pixel_scaler(transform):
+    """The PixelScaler when it is ``transform``'s only step, else None."""
+    from imgclust.core.scaling import PixelScaler
+
+    steps = transform.steps
+    return steps[0][1] if len(steps) == 1 and type(steps[0][1]) is PixelScaler else None
+
+
+def _read_rows(features, rows, buffer: np.ndarray | None) -> np.ndarray:
+    """``features[rows]`` (rows: a sorted index array) in ``buffer`` when it is large enough (reused
+    from batch to batch), else in a new array."""
+    n = len(rows)
+    if buffer is None or len(buffer) < n:
+        buffer = np.empty((n, features.shape[1]), features.dtype)
+    return np.take(features, rows, axis=0, out=buffer[:n], mode="clip")  # "raise" buffers its output
+
+
+def _embed_rows(transform, features, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """``embed`` of ``features[rows]``, bit for bit, without copying all those rows at once."""
+    parts, raw = [], None
+    apply = _batch_transform(transform[:-1] if len(transform.steps) > 1 else None)
+    for start in range(0, len(rows), batch_size):
+        raw = _read_rows(features, rows[start : start + batch_size], raw)
+        parts.append(apply(raw))
+        release_pages(features)  # the rows' pages mapped in: let them go again
+    return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+
+
+def _batch_transform(transform):
+    """``transform.transform`` (None: float32 rows) for batch after batch, bit for bit; a leading
+    pixel scaling writes into one buffer reused by every batch, and the result is always a new array."""
+    if transform is None:
+        return lambda batch: batch.astype(np.float32)
+    from imgclust.core.scaling import PixelScaler
+
+    scaler = transform.steps[0][1]
+    if type(scaler) is not PixelScaler:
+        return transform.transform
+    rest = transform[1:] if len(transform.steps) > 1 else None
+    buffers = []
+
+    def apply(batch):
+        batch = np.asarray(batch)
+        if not buffers or buffers[0].shape[0] < len(batch) or buffers[0].shape[1:] != batch.shape[1:]:
+            buffers[:] = [np.empty(batch.shape, np.float32)]
+        scaled = scaler.transform_into(batch, buffers[0][: len(batch)])
+        return rest.transform(scaled) if rest is not None else scaled.copy()
+
+    return apply
+
+
 @one_thread()
-def embed(pipeline, features: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+def embed(pipeline, features: np.ndarray, batch_size: int = EMBED_BATCH) -> np.ndarray:
     """The clustering space (all steps but the clusterer) of ``features``, computed batch by batch
     so that memory-mapped features are never loaded whole."""
-    transform = pipeline[:-1] if len(pipeline.steps) > 1 else None
+    apply = _batch_transform(pipeline[:-1] if len(pipeline.steps) > 1 else None)
     parts = []
     for start in range(0, len(features), batch_size):
-        batch = np.asarray(features[start : start + batch_size])
-        parts.append(transform.transform(batch) if transform else batch.astype(np.float32))
+        parts.append(apply(np.asarray(features[start : start + batch_size])))
         release_pages(features)
     return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
 
 
-def _fit_in_batches(features, is_train, *, method, pca, kmeans, batch_size, pca_on_all, clusterer, clusterers, auto_k):
+def _fit_in_batches(
+    features, is_train, *, method, pca, kmeans, batch_size, pca_on_all, clusterer, clusterers, auto_k, cache
+):
     from sklearn.decomposition import IncrementalPCA
     from sklearn.pipeline import Pipeline
     from tqdm import tqdm
@@ -261,25 +419,28 @@ def _fit_in_batches(features, is_train, *, method, pca, kmeans, batch_size, pca_
     if n_components and batch_size < n_components:
         raise ParamError(f"train.scalable.batch_size={batch_size} must be >= train.pca.n_components={n_components}.")
     steps = [("scale", PixelScaler())] if method == "pixels" else []
-    if n_components:
-        model = IncrementalPCA(n_components=n_components, whiten=pca["whiten"], batch_size=batch_size)
+
+    def fit_in_batches(pipeline):
+        model = pipeline.steps[-1][1]
         # the last batch may be smaller than n_components, which partial_fit refuses: merge it
         batches = list(iter_batches(pca_rows, batch_size))
         if len(batches) > 1 and len(batches[-1]) < n_components:
             batches[-2:] = [np.concatenate(batches[-2:])]
+        apply = _batch_transform(pipeline[:-1]) if len(pipeline) > 1 else None
+        raw = None
         for rows in tqdm(batches, desc="train: incremental PCA", unit="batch", disable=None, leave=False):
-            chunk = np.asarray(features[rows])
-            model.partial_fit(steps[0][1].transform(chunk) if steps else chunk)
+            raw = _read_rows(features, rows, raw)
+            model.partial_fit(apply(raw) if apply else raw)
             release_pages(features)
-        steps.append(("pca", model))
-    transform = Pipeline(steps + [("none", None)])
-    # the train rows' embedding is small (n x n_components): cluster it in one go
-    parts = []
-    for rows in iter_batches(train_rows, batch_size):
-        parts.append(embed(transform, np.asarray(features[rows]), batch_size))
-        release_pages(features)  # fancy indexing maps the rows' pages in: let them go again
+
+    if n_components:
+        steps.append(("pca", IncrementalPCA(n_components=n_components, whiten=pca["whiten"], batch_size=batch_size)))
+        # the train rows' embedding is small (n x n_components): cluster it in one go
+        steps[-1:], embedding = _fit_transform(steps, features, is_train, pca_on_all, fit_in_batches, batch_size, cache)
+    else:
+        embedding = _embed_rows(Pipeline(steps + [("none", None)]), features, train_rows, batch_size)
     # k-means as MiniBatchKMeans; the others cluster the (small) embedding as they are
-    model = fit_clusterer(clusterer, np.concatenate(parts), kmeans, clusterers, auto_k, batch_size=batch_size)
+    model = fit_clusterer(clusterer, embedding, kmeans, clusterers, auto_k, batch_size=batch_size)
     return Pipeline(steps + [(clusterer, model)])
 
 
@@ -324,9 +485,10 @@ def scan_k(
     kmeans: dict,
     scalable: dict,
     pca_on_all: bool,
+    cache=None,
 ) -> list[dict]:
-    """Fit the transform part of the model once, then the clusterer for every k on the TRAIN rows,
-    with the same settings as ``fit_model``."""
+    """Fit the transform part of the model once (or take it from ``cache``, as ``fit_model``), then
+    the clusterer for every k on the TRAIN rows, with the same settings as ``fit_model``."""
     from sklearn.base import clone
     from sklearn.metrics import adjusted_rand_score
     from tqdm import tqdm
@@ -342,6 +504,7 @@ def scan_k(
         kmeans={**kmeans, "n_clusters": min(ks), "n_init": 1},
         scalable=scalable,
         pca_on_all=pca_on_all,
+        cache=cache,
     )
     embedding = embed(base, features)
     labels = np.array([row["class"] for row in index])

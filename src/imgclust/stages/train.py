@@ -12,6 +12,7 @@ from imgclust import config
 from imgclust.core import progress
 from imgclust.core.clustering import fit_model
 from imgclust.core.feature_store import load_features
+from imgclust.core.fit_cache import TRAIN_CACHE, FitCache
 from imgclust.core.fsutil import atomic_file
 from imgclust.errors import InputDataError
 
@@ -19,9 +20,12 @@ from imgclust.errors import InputDataError
 PARAMS = ("protocol", "train")
 
 
-def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[object, int]:
+def run(
+    features_dir: Path, out: Path, params: config.PipelineParams, cache: FitCache | None = None
+) -> tuple[object, int]:
     """Fit the model with ``protocol`` and ``train.*`` and write it to ``out`` (joblib); return it
-    and its number of train rows."""
+    and its number of train rows. ``cache``: where the fitted PCA is kept and looked up (none: no
+    caching); the model is the same either way."""
     import joblib
 
     features, index, meta = load_features(features_dir)
@@ -38,6 +42,7 @@ def run(features_dir: Path, out: Path, params: config.PipelineParams) -> tuple[o
         pca_on_all=params.protocol == "tutorial",
         **train.fit_settings(),
         **train.clusterer_settings(),
+        cache=cache,
     )
     steps.step("write model")
     with atomic_file(out) as tmp:
@@ -50,5 +55,9 @@ def command(
     features_dir: Path = typer.Option(..., "--features", help="Feature store folder."),
     out: Path = typer.Option(..., help="Fitted pipeline to write."),
 ) -> None:
-    pipeline, n_train = run(features_dir, out, config.load(PARAMS))
+    # the fitted PCA of recent fits, so that a rerun changing only the clusterer skips the PCA
+    cache = FitCache(TRAIN_CACHE)
+    pipeline, n_train = run(features_dir, out, config.load(PARAMS), cache)
+    if cache.last:
+        typer.echo(f"train: PCA cache ({TRAIN_CACHE}): {cache.last}")
     typer.echo(f"train: {' -> '.join(pipeline.named_steps)} on {n_train} train rows -> {out}")

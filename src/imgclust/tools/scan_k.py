@@ -11,12 +11,21 @@ from imgclust import config
 from imgclust.core import plots
 from imgclust.core.clustering import scan_k
 from imgclust.core.feature_store import load_features
+from imgclust.core.fit_cache import TRAIN_CACHE, FitCache
 from imgclust.core.fsutil import write_json
 from imgclust.tracking import runs
 
 
-def run(features_dir: Path, ks: list[int], out: Path, plot: Path, params: config.PipelineParams) -> list[dict]:
-    """Scan ``ks`` on the feature store with ``protocol`` and ``train.*``; write the table and plot."""
+def run(
+    features_dir: Path,
+    ks: list[int],
+    out: Path,
+    plot: Path,
+    params: config.PipelineParams,
+    cache: FitCache | None = None,
+) -> list[dict]:
+    """Scan ``ks`` on the feature store with ``protocol`` and ``train.*``; write the table and plot.
+    ``cache``: where the train stage keeps its fitted PCA (the same key: the scan reuses it)."""
     features, index, meta = load_features(features_dir)
     rows = scan_k(
         features,
@@ -25,6 +34,7 @@ def run(features_dir: Path, ks: list[int], out: Path, plot: Path, params: config
         method=meta["method"],
         pca_on_all=params.protocol == "tutorial",
         **params.train.fit_settings(),
+        cache=cache,
     )
     write_json(out, [{k: (None if v != v else v) for k, v in row.items()} for row in rows])
     plots.plot_k_scan(
@@ -48,7 +58,7 @@ def command(
 ) -> None:
     params = config.load()
     features_meta = load_features(features_dir)[2]
-    rows = run(features_dir, list(range(k_min, k_max + 1)), out, plot, params)
+    rows = run(features_dir, list(range(k_min, k_max + 1)), out, plot, params, FitCache(TRAIN_CACHE))
     for row in rows:
         typer.echo("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if mlflow_log:
