@@ -430,15 +430,29 @@ def local_dir() -> Path:
 CACHE_ENV = "IMGCLUST_CACHE_DIR"  # where stages keep per-image results; "off": keep none
 
 
+def cache_root() -> Path | None:
+    """Where the stages keep what they computed, to reuse it (``.imgclust/cache`` unless
+    IMGCLUST_CACHE_DIR says otherwise); None when IMGCLUST_CACHE_DIR is "off"."""
+    import os
+
+    setting = os.environ.get(CACHE_ENV, "")
+    return None if setting == "off" else Path(setting) if setting else local_dir() / "cache"
+
+
+def fit_cache():
+    """The train stage's and scan-k's cache of fitted PCAs (``core.fit_cache``), or None."""
+    from imgclust.core.fit_cache import FitCache
+
+    root = cache_root()
+    return None if root is None else FitCache(root / "train")
+
+
 def item_cache(stage: str, stage_file: str, settings: dict):
     """The per-image cache of ``stage`` (``core.item_cache``) for these ``settings``: its entries
     are keyed by them and by the code the stage runs (the files dvc.yaml lists as its deps)."""
-    import os
-
     from imgclust.core.item_cache import ItemCache, code_version
 
-    setting = os.environ.get(CACHE_ENV, "")
-    root = None if setting == "off" else Path(setting) if setting else local_dir() / "cache"
+    root = cache_root()
     package = Path(__file__).parent
     files = [Path(stage_file), package / "config.py", package / "errors.py", *(package / "core").glob("*.py")]
     return ItemCache(root, stage, {"code": code_version(files), "settings": settings})

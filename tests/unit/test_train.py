@@ -526,9 +526,10 @@ def test_cache_keeps_the_most_recently_used_entries(data, tmp_path):
     assert cache.last == "stored"  # evicted first as the oldest
 
 
-def test_cli_train_reuses_the_pca_after_a_k_change(features_dir, data, tmp_path):
+def test_cli_train_reuses_the_pca_after_a_k_change(features_dir, data, tmp_path, monkeypatch):
     """What `dvc repro` does after train.kmeans.n_clusters changes: the second train run only
     clusters, and writes the model a fit from nothing writes."""
+    monkeypatch.delenv(config.CACHE_ENV)  # the project's own cache, as under dvc repro
     features, is_train, _ = data
     work = tmp_path / "work"
     out = tmp_path / "model.joblib"

@@ -30,9 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclust.core.stage_log import LOCAL_DIR
-
-TRAIN_CACHE = LOCAL_DIR / "cache" / "train"  # the train stage's and scan-k's entries (git-ignored)
 CACHE_FORMAT = 1
 MAX_ENTRIES = 8  # an entry is about 11 MB at 20,000 images (PCA(50) of 36,100 features + embedding)
 MANIFEST = "manifest.json"

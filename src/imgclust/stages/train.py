@@ -3,6 +3,7 @@ store; labels are never used."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from imgclust import config
 from imgclust.core import progress
 from imgclust.core.clustering import fit_model
 from imgclust.core.feature_store import load_features
-from imgclust.core.fit_cache import TRAIN_CACHE, FitCache
+from imgclust.core.fit_cache import FitCache
 from imgclust.core.fsutil import atomic_file
 from imgclust.errors import InputDataError
 
@@ -56,8 +57,8 @@ def command(
     out: Path = typer.Option(..., help="Fitted pipeline to write."),
 ) -> None:
     # the fitted PCA of recent fits, so that a rerun changing only the clusterer skips the PCA
-    cache = FitCache(TRAIN_CACHE)
+    cache = config.fit_cache()
     pipeline, n_train = run(features_dir, out, config.load(PARAMS), cache)
-    if cache.last:
-        typer.echo(f"train: PCA cache ({TRAIN_CACHE}): {cache.last}")
+    if cache is not None and cache.last:
+        typer.echo(f"train: PCA cache ({os.path.relpath(cache.folder)}): {cache.last}")
     typer.echo(f"train: {' -> '.join(pipeline.named_steps)} on {n_train} train rows -> {out}")

@@ -11,7 +11,7 @@ from imgclust import config
 from imgclust.core import plots
 from imgclust.core.clustering import scan_k
 from imgclust.core.feature_store import load_features
-from imgclust.core.fit_cache import TRAIN_CACHE, FitCache
+from imgclust.core.fit_cache import FitCache
 from imgclust.core.fsutil import write_json
 from imgclust.tracking import runs
 
@@ -58,7 +58,7 @@ def command(
 ) -> None:
     params = config.load()
     features_meta = load_features(features_dir)[2]
-    rows = run(features_dir, list(range(k_min, k_max + 1)), out, plot, params, FitCache(TRAIN_CACHE))
+    rows = run(features_dir, list(range(k_min, k_max + 1)), out, plot, params, config.fit_cache())
     for row in rows:
         typer.echo("  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     if mlflow_log:
