@@ -155,7 +155,12 @@ def lock_outs(root: Path) -> dict[str, str]:
 def lock_nfiles(root: Path) -> dict[str, int]:
     """Files DVC versions per output folder of ``root``'s dvc.lock: {"path": nfiles}."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    return {out["path"]: out["nfiles"] for entry in lock["stages"].values() for out in entry.get("outs", []) if "nfiles" in out}
+    return {
+        out["path"]: out["nfiles"]
+        for entry in lock["stages"].values()
+        for out in entry.get("outs", [])
+        if "nfiles" in out
+    }
 
 
 def metrics(root: Path) -> dict:

@@ -163,7 +163,9 @@ def flagship(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
         warm(folder)
         seed, seed_out = script("seed_script.py", folder, env)
         for protocol in args.protocols:
-            root = project(tmp, f"flagship-{name}-{protocol}", {"data.source": str(folder), "protocol": protocol}, env, args.repo)
+            root = project(
+                tmp, f"flagship-{name}-{protocol}", {"data.source": str(folder), "protocol": protocol}, env, args.repo
+            )
             run = repro(root, env)
             found = metrics(root)
             rows.append(
@@ -224,15 +226,24 @@ def scale_rows(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
     if "cold" in want:
         rows.append(
             speedup(
-                naive.wall_s, cold.wall_s, 1.0, f"3. cold {size}", imgclust_mib=cold.tree_mib, reference_mib=naive.tree_mib
+                naive.wall_s,
+                cold.wall_s,
+                1.0,
+                f"3. cold {size}",
+                imgclust_mib=cold.tree_mib,
+                reference_mib=naive.tree_mib,
             )
         )
     if "iteration" in want:
         set_param(root, "train.kmeans.n_clusters", 4)
         rerun = repro(root, env)
-        details.append(steps_table(f"iteration: rerun after train.kmeans.n_clusters 3 -> 4, {size} images", rerun, root))
+        details.append(
+            steps_table(f"iteration: rerun after train.kmeans.n_clusters 3 -> 4, {size} images", rerun, root)
+        )
         rows.append(
-            speedup(naive.wall_s, rerun.wall_s, 5.0, f"4. iteration {size} (n_clusters 3 -> 4)", imgclust_mib=rerun.tree_mib)
+            speedup(
+                naive.wall_s, rerun.wall_s, 5.0, f"4. iteration {size} (n_clusters 3 -> 4)", imgclust_mib=rerun.tree_mib
+            )
         )
         set_param(root, "train.kmeans.n_clusters", 3)
         repro(root, env)  # back to the cold run's outputs (not timed)
@@ -241,9 +252,13 @@ def scale_rows(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
         rows.append(incremental(f"2. incremental {size}: add {len(new)}", root, cold, params, env, tmp, args, details))
         removed = [key for key in originals[::100]][:added]
         unlink_groups(removed, source)
-        rows.append(incremental(f"2. incremental {size}: remove {len(removed)}", root, cold, params, env, tmp, args, details))
+        rows.append(
+            incremental(f"2. incremental {size}: remove {len(removed)}", root, cold, params, env, tmp, args, details)
+        )
     rows.append(
-        Row(f"no-op `dvc repro`, {size} images", noop.wall_s, None, None, "", "< 2 s", noop.wall_s < 2, noop.tree_mib)
+        Row(
+            f"5. no-op `dvc repro`, {size} images", noop.wall_s, None, None, "", "< 2 s", noop.wall_s < 2, noop.tree_mib
+        )
     )
     shutil.rmtree(root)
     return rows
@@ -259,7 +274,11 @@ def incremental(label: str, root: Path, cold: Timed, params: dict, env, tmp: Pat
     details.append(steps_table(f"{label}: rerun", rerun, root))
     details.append(
         f"{label}: a cold run on the new source took {fresh_run.wall_s:.1f} s; outputs "
-        + ("identical (every output hash in dvc.lock, metrics.json)" if same else f"DIFFER: {changed or ''} metrics equal: {metrics_equal}")
+        + (
+            "identical (every output hash in dvc.lock, metrics.json)"
+            if same
+            else f"DIFFER: {changed or ''} metrics equal: {metrics_equal}"
+        )
     )
     shutil.rmtree(fresh)
     ratio = rerun.wall_s / cold.wall_s
@@ -393,6 +412,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         if "big" in args.only:
             rows += big(args, env, tmp, details)
     print("\n".join(details), flush=True)
+    rows.sort(key=lambda row: row.target.split(".")[0])  # in the order; stable within a target
     print(table(rows))
     print(
         f"\n<!-- commit {commit_of(args.repo)}, {time.perf_counter() - started:.0f} s in all; "
