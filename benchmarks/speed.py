@@ -31,7 +31,6 @@ and DVC's progress lines, never the files in ``data/``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -53,6 +52,14 @@ FLAGSHIP = {"busi-sample": DATASETS / "busi-sample", "busi256": DATASETS / "busi
 BUSI_IMAGES = 780  # BUSI's originals (437 benign, 210 malignant, 133 normal)
 ROWS = ("flagship", "incremental", "cold", "iteration", "big")
 GROUP = re.compile(r"^(.+?\(\d+\))")  # "benign (12)" of "benign (12).png", "benign (12)_mask_1.png"
+
+
+class Details(list):
+    """The per-run tables and notes: printed as they come (a long run that fails keeps them)."""
+
+    def append(self, text: str) -> None:
+        print(text, flush=True)
+        super().append(text)
 
 
 @dataclass
@@ -246,7 +253,8 @@ def scale_rows(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
             )
         )
         set_param(root, "train.kmeans.n_clusters", 3)
-        repro(root, env)  # back to the cold run's outputs (not timed)
+        if "incremental" in want:
+            repro(root, env)  # back to the cold run's outputs (not timed)
     if "incremental" in want:
         link_groups(new, pool, source)
         rows.append(incremental(f"2. incremental {size}: add {len(new)}", root, cold, params, env, tmp, args, details))
@@ -344,7 +352,11 @@ def set_param(root: Path, dotted: str, value) -> None:
 
 
 def steps_table(title: str, run: Timed, root: Path) -> str:
-    lines = [f"**{title}**: {run.wall_s:.1f} s, peak {run.tree_mib:,.0f} MiB (process tree)", ""]
+    lines = [
+        f"**{title}**: {run.wall_s:.1f} s, peak {run.tree_mib:,.0f} MiB (process tree); load average after "
+        f"{load_average()}",
+        "",
+    ]
     lines += ["| step | ran | wall s | peak RSS MiB (tree / largest process) |", "|---|---|---|---|"]
     for step in run.steps:
         ran = "yes" if step.ran else ("" if step.name.startswith("dvc") else "skipped")
@@ -402,7 +414,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     started = time.perf_counter()
     print(f"<!-- commit {commit_of(args.repo)}, load average at start {load_average()} -->", flush=True)
     rows: list[Row] = []
-    details: list[str] = []
+    details = Details()
     with tempfile.TemporaryDirectory(prefix="imgclust-speed-", dir=args.tmp) as tmp_name:
         tmp = Path(tmp_name)
         if "flagship" in args.only:
@@ -411,9 +423,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
             rows += scale_rows(args, env, tmp, details)
         if "big" in args.only:
             rows += big(args, env, tmp, details)
-    print("\n".join(details), flush=True)
     rows.sort(key=lambda row: row.target.split(".")[0])  # in the issue's order; stable within a target
-    print(table(rows))
+    print("\n" + table(rows))
     print(
         f"\n<!-- commit {commit_of(args.repo)}, {time.perf_counter() - started:.0f} s in all; "
         f"load average at end {load_average()} (1, 5, 15 min; 2 cores) -->"
@@ -424,5 +435,4 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()
