@@ -75,6 +75,10 @@ class Row:
     reference_mib: float | None = None
     note: str = ""
 
+    def __post_init__(self) -> None:
+        # each row as soon as it is measured, so a long run that fails keeps its figures
+        print(f"<!-- {self.target}: {self.imgclust_s} s vs {self.reference_s} s, {self.ratio_text} -->", flush=True)
+
 
 def speedup(reference: float, ours: float, goal: float, target: str, **extra) -> Row:
     ratio = reference / ours
