@@ -1,6 +1,6 @@
 """The naive seed approach, for comparison: a sequential PIL loop into a float64 matrix of all
 pixels, PCA(50) and KMeans(3) in memory, ARI on a 10 % split. No augmentation, so that it does the
-same work as the imgclust pipeline run with ``augment.target: 1`` in benchmarks/scale.py.
+same work as the imgclust pipeline run with ``augment.target: 1`` in benchmarks/speed.py (rows 3 and 4).
 
     python benchmarks/naive_seed.py DATASET_FOLDER
 """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from project_copy import REPO, make_project
+from project_copy import REPO, bench_env, make_project
 
 SHARED = REPO.parent / "shared"
 DATASETS = {"synthetic": "data/synthetic", "busi256": str(SHARED / "datasets" / "busi256")}
@@ -82,19 +81,11 @@ def main() -> None:
     import yaml
 
     overrides = {key: yaml.safe_load(value) for key, _, value in (item.partition("=") for item in args.set)}
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GIT_AUTHOR_NAME": "bench",
-        "GIT_AUTHOR_EMAIL": "bench@localhost",
-        "GIT_COMMITTER_NAME": "bench",
-        "GIT_COMMITTER_EMAIL": "bench@localhost",
-    }
+    env = bench_env()
     if "KERAS_HOME" not in env and (SHARED / "keras").is_dir():
         # Keras writes keras.json into its home: use a private copy of the read-only shared one
         env["KERAS_HOME"] = str(Path(tempfile.mkdtemp(prefix="imgclust-keras-")) / "keras")
         shutil.copytree(SHARED / "keras", env["KERAS_HOME"])
-    env.pop("MLFLOW_TRACKING_URI", None)
     print(
         "| dataset | protocol | features | matrix | ARI train | ARI test | ARI originals | featurize img/s "
         "(stage / in-process) | dvc repro s |"
