@@ -36,9 +36,9 @@ class _ConsoleApp(typer.Typer):
 
 
 def _end_process(code) -> None:
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # the interpreter's own first steps of finalisation, in its order: threading's exit hooks (which
+    # stop process pools' manager threads), other threads joined, then the atexit handlers
+    threading._shutdown()
     if isinstance(code, str):  # sys.exit("message"): printed, status 1
         print(code, file=sys.stderr)
     atexit._run_exitfuncs()  # logging.shutdown, worker pools, MLflow's own
