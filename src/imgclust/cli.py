@@ -18,6 +18,7 @@ import typer
 
 from imgclust.errors import ImgclustError
 
+
 class _ConsoleApp(typer.Typer):
     """The app the ``imgclust`` console script and ``python -m imgclust`` call: once the command has
     ended, the process ends as Python would (other threads joined, exit handlers run, output
