@@ -23,9 +23,9 @@ class _ConsoleApp(typer.Typer):
     """The app the ``imgclust`` console script and ``python -m imgclust`` call: once the command has
     ended, the process ends as Python would (other threads joined, exit handlers run, output
     flushed) but without tearing down its thousands of modules (MLflow, scikit-learn, matplotlib):
-    that teardown took 2 to 9 s of every evaluate process (measured; docs/performance.md). Tests run
-    commands through Typer's CliRunner, which never calls this; a profiler or tracer keeps the
-    usual exit."""
+    measured on 2 busy cores, that teardown took 7 to 10 s of a train process's wall time (0.3 to 1.1 s
+    of CPU) and 7 to 9 s of evaluate's. Tests run commands through Typer's CliRunner, which never
+    calls this; a profiler or tracer keeps the usual exit."""
 
     def __call__(self, *args, **kwargs):
         try:
