@@ -26,6 +26,12 @@ if KERAS_HOME.is_dir() and "KERAS_HOME" not in os.environ:
     _keras_copy = Path(_keras_tmp) / "keras"
     shutil.copytree(KERAS_HOME, _keras_copy)
     os.environ["KERAS_HOME"] = str(_keras_copy)
+# imgclust's machine cache (the empty MLflow store new stores are copied from): one per test session,
+# not the user's ~/.cache
+if "XDG_CACHE_HOME" not in os.environ:
+    _cache_tmp = tempfile.mkdtemp(prefix="imgclust-cache-")
+    atexit.register(shutil.rmtree, _cache_tmp, ignore_errors=True)
+    os.environ["XDG_CACHE_HOME"] = _cache_tmp
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # stages run in this process keep their per-image cache here, not in the checkout's .imgclust/cache
 if "IMGCLUST_CACHE_DIR" not in os.environ:

@@ -6,15 +6,50 @@ imgclust's exceptions into a message and exit code 2.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import importlib
 import os
+import sys
+import threading
 
 import typer
 
 from imgclust.errors import ImgclustError
 
-app = typer.Typer(
+
+class _ConsoleApp(typer.Typer):
+    """The app the ``imgclust`` console script and ``python -m imgclust`` call: once the command has
+    ended, the process ends as Python would (other threads joined, exit handlers run, output
+    flushed) but without tearing down its thousands of modules (MLflow, scikit-learn, matplotlib):
+    measured on 2 busy cores, that teardown took 7 to 10 s of a train process's wall time (0.3 to 1.1 s
+    of CPU) and 7 to 9 s of evaluate's. Tests run commands through Typer's CliRunner, which never
+    calls this; a profiler or tracer keeps the usual exit."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except SystemExit as exc:
+            if sys.getprofile() is None and sys.gettrace() is None:
+                _end_process(exc.code)
+            raise
+
+
+def _end_process(code) -> None:
+    # the interpreter's own first steps of finalisation, in its order: threading's exit hooks (which
+    # stop process pools' manager threads), other threads joined, then the atexit handlers
+    threading._shutdown()
+    if isinstance(code, str):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+    atexit._run_exitfuncs()  # logging.shutdown, worker pools, MLflow's own
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
+app = _ConsoleApp(
     name="imgclust",
     help="Reproducible, versioned, unsupervised image clustering (DVC + MLflow).",
     no_args_is_help=True,
