@@ -217,6 +217,19 @@ def test_resize_computes_only_what_the_cache_lacks_and_writes_the_same_pack(tmp_
     assert resize(stripped, "wider", cache, width=9)["n_computed"] == 12
 
 
+def test_a_worker_pool_keeps_every_result(tmp_path):
+    """With a pool (from 32 images), every result reaches the cache and the pack: the workers
+    return them and one process writes them. (Workers writing the SQLite index themselves lost
+    entries to lock contention: "vanished from the cache", found by benchmarks/speed.py.)"""
+    stripped = pack_of(_image_files(tmp_path / "files", n=48), tmp_path / "stripped")
+    cache = ItemCache(tmp_path / "cache", "resize", {"code": "test"})
+    first = resize_images(stripped, tmp_path / "first", 8, 8, "gray", "lanczos", workers=2, cache=cache)
+    assert first["n_computed"] == 48 and len(_entries(tmp_path / "cache")) == 48
+    again = resize_images(stripped, tmp_path / "again", 8, 8, "gray", "lanczos", workers=2, cache=cache)
+    assert again["n_computed"] == 0
+    assert tree_hashes(tmp_path / "again") == tree_hashes(tmp_path / "first")
+
+
 def test_the_resize_stage_keeps_its_cache_where_imgclust_cache_dir_says(tmp_path, monkeypatch):
     stripped = pack_of(_image_files(tmp_path / "files", n=6), tmp_path / "stripped")
     monkeypatch.setenv(config.CACHE_ENV, str(tmp_path / "cache"))

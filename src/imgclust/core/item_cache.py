@@ -48,7 +48,8 @@ class ItemCache:
     index: creating a small file costs about 0.6 ms on this
     kind of disk, so 20,000 entries as files took 13 s to write where one segment takes 1.7 s.
     Several processes may write at once (a worker pool, queued experiments): each appends to its
-    own segment, and SQLite serialises the index (key, segment, offset, size, CRC-32)."""
+    own segment, and SQLite serialises the index (key, segment, offset, size, CRC-32). The stages
+    write from one process (their workers return results to it), so they never wait on each other."""
 
     def __init__(self, root: Path | None, namespace: str, version: dict):
         self.root = None if root is None else Path(root) / namespace
@@ -83,8 +84,9 @@ class ItemCache:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.root / INDEX, timeout=60, isolation_level=None)
-                db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=OFF")  # an entry lost in a power cut is computed again
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # kept by the file once set
+                    db.execute("PRAGMA journal_mode=WAL")
                 db.execute(
                     "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, segment TEXT NOT NULL, "
                     "offset INTEGER NOT NULL, size INTEGER NOT NULL, crc32 INTEGER NOT NULL)"

@@ -58,13 +58,28 @@ def pmap(
 
     Small inputs run in-process: a pool costs more to start than it saves.
     """
+    return list(pmap_each(func, items, desc=desc, workers=workers, unit=unit, chunksize=chunksize))
+
+
+def pmap_each(
+    func: Callable,
+    items: Sequence,
+    *,
+    desc: str,
+    workers: int | None = None,
+    unit: str = "img",
+    chunksize: int | None = None,
+) -> Iterator:
+    """As ``pmap``, but yielding each result in order as it is due, for a caller that stores the
+    results as they come instead of holding them all."""
     workers = workers or default_workers()
     bar = dict(total=len(items), desc=desc, unit=unit, disable=None, leave=False)
     if workers <= 1 or len(items) < 32:
-        return [func(item) for item in tqdm(items, **bar)]
+        yield from (func(item) for item in tqdm(items, **bar))
+        return
     chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
     with _pool(workers) as pool:
-        return list(tqdm(pool.map(func, items, chunksize=chunksize), **bar))
+        yield from tqdm(pool.map(func, items, chunksize=chunksize), **bar)
 
 
 def imap(func: Callable, items: Sequence, *, workers: int | None = None, window: int = 256) -> Iterator:

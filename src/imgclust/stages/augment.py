@@ -15,7 +15,7 @@ from imgclust.core.fsutil import NAME_MAX, atomic_dir, long_names, read_image_li
 from imgclust.core.images import apply_op, check_ops, open_image, png_bytes
 from imgclust.core.item_cache import NO_CACHE, ItemCache, cached, writable
 from imgclust.core.packs import open_pack, write_pack
-from imgclust.core.parallel import pmap
+from imgclust.core.parallel import pmap_each
 from imgclust.core.protocols import AUGMENTED_FIELDS, check_protocol, parse_tutorial_ops, plan_honest, plan_tutorial
 from imgclust.errors import InputDataError
 
@@ -23,15 +23,12 @@ from imgclust.errors import InputDataError
 PARAMS = ("protocol", "augment", "split")
 
 
-def _augment_one(jobs: list[tuple[str, str, str]], in_dir: Path, cache: ItemCache) -> None:
-    """Put the planned copies ``(source, op, key)`` of ONE source image into ``cache``, decoding the
-    source once."""
+def _augment_one(jobs: list[tuple[str, str, str]], in_dir: Path) -> list[tuple[str, bytes]]:
+    """(key, PNG bytes) of the planned copies ``(source, op, key)`` of ONE source image, decoding
+    the source once."""
     pack = open_pack(in_dir)
-    array = None
-    for source, op, key in jobs:
-        if array is None:
-            array = np.asarray(open_image(pack.name(source), data=pack.read(source)))
-        cache.put(key, png_bytes(apply_op(array, op)))
+    array = np.asarray(open_image(pack.name(jobs[0][0]), data=pack.read(jobs[0][0])))
+    return [(key, png_bytes(apply_op(array, op))) for _, op, key in jobs]
 
 
 def augment(
@@ -82,8 +79,13 @@ def augment(
         for row in plan:
             if row["op"] != "none" and not store.has(keys[row["path"]]):
                 jobs[row["source"]].append((row["source"], row["op"], keys[row["path"]]))
-        work = partial(_augment_one, in_dir=resized.folder, cache=store)
-        pmap(work, [jobs[source] for source in sorted(jobs)], desc="augment", unit="source", workers=workers)
+        work = partial(_augment_one, in_dir=resized.folder)
+        # the workers make the copies, this process alone writes the cache
+        for copies in pmap_each(
+            work, [jobs[source] for source in sorted(jobs)], desc="augment", unit="source", workers=workers
+        ):
+            for key, data in copies:
+                store.put(key, data)
 
         def content(row: dict) -> bytes:
             if row["op"] == "none":

@@ -31,7 +31,7 @@ from imgclust.core.fsutil import (
 from imgclust.core.images import check_image
 from imgclust.core.item_cache import NO_CACHE, ItemCache
 from imgclust.core.packs import write_pack
-from imgclust.core.parallel import pmap
+from imgclust.core.parallel import pmap_each
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
 
 # the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
@@ -172,7 +172,8 @@ def _read_regular_file(path: Path) -> bytes:
 
 def _check_one(path: Path, source: Path, cache) -> dict:
     """Read ``path`` once: hash it and check that it is an intact image (a check already passed by
-    the same bytes is read from ``cache``). Returns its manifest row, or ``{"path", "error"}`` for
+    the same bytes is read from ``cache``). Returns its manifest row (with ``cache_entry``, the
+    new check for the caller to store, when it was not in the cache), or ``{"path", "error"}`` for
     a file that does not decode."""
     rel = path.relative_to(source).as_posix()
     try:
@@ -193,8 +194,9 @@ def _check_one(path: Path, source: Path, cache) -> dict:
             return {"path": rel, "error": str(exc.__cause__ or exc)}
         except Image.DecompressionBombWarning as exc:
             return {"path": rel, "error": f"refused: {exc}"}
-        cache.put(key, json.dumps([width, height, mode]).encode())
+        entry = (key, json.dumps([width, height, mode]).encode())  # for the caller to store
     return {
+        **({"cache_entry": entry} if cached is None else {}),
         "path": rel,
         "class": path.relative_to(source).parts[0],
         "width": width,
@@ -259,9 +261,14 @@ def _ingest_folder(
     """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
     files, ignored = survey_source(source)
     all_files = [path for paths in files.values() for path in paths]
-    described = pmap(
+    described = []
+    # the workers check, this process alone writes the cache
+    for row in pmap_each(
         partial(_check_one, source=source, cache=cache), all_files, desc="ingest", unit="file", workers=workers
-    )
+    ):
+        if "cache_entry" in row:
+            cache.put(*row.pop("cache_entry"))
+        described.append(row)
     corrupt = [row for row in described if "error" in row]
     if corrupt and not skip_corrupt:
         named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]

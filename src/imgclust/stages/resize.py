@@ -15,19 +15,19 @@ from imgclust.core.fsutil import NAME_MAX, atomic_dir, long_names
 from imgclust.core.images import COPY_NAME_RESERVE, MAX_IMAGE_SIDE, load_array, pil_mode, png_bytes, resample_filter
 from imgclust.core.item_cache import NO_CACHE, ItemCache, cached, writable
 from imgclust.core.packs import open_pack, write_pack
-from imgclust.core.parallel import pmap
+from imgclust.core.parallel import pmap_each
 from imgclust.errors import InputDataError, OutputCollisionError, ParamError
 
 # the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
 PARAMS = ("resize",)
 
 
-def _resize_one(job: tuple[str, str], in_dir: Path, cache: ItemCache, settings: tuple) -> None:
-    """Resize one image of the pack ``in_dir`` into ``cache`` under ``key``."""
+def _resize_one(job: tuple[str, str], in_dir: Path, settings: tuple) -> tuple[str, bytes]:
+    """(key, PNG bytes) of one image of the pack ``in_dir``, resized."""
     path, key = job
     pack = open_pack(in_dir)
     size, color_mode, resample = settings
-    cache.put(key, png_bytes(load_array(pack.name(path), color_mode, size, resample, data=pack.read(path))))
+    return key, png_bytes(load_array(pack.name(path), color_mode, size, resample, data=pack.read(path)))
 
 
 def resize_images(
@@ -70,8 +70,11 @@ def resize_images(
     keys = {rel: cache.key(pack.sha256(source), repr(settings)) for rel, source in targets.items()}
     with writable(cache, Path(out_dir).parent) as store:
         missing = sorted({(source, keys[rel]) for rel, source in targets.items() if not store.has(keys[rel])})
-        work = partial(_resize_one, in_dir=pack.folder, cache=store, settings=settings)
-        pmap(work, missing, desc="resize", workers=workers)
+        # the workers resize, this process alone writes the cache (one writer: no lock contention)
+        for key, data in pmap_each(
+            partial(_resize_one, in_dir=pack.folder, settings=settings), missing, desc="resize", workers=workers
+        ):
+            store.put(key, data)
         with atomic_dir(out_dir) as tmp:
             write_pack(tmp, ((rel, cached(store, keys[rel], rel)) for rel in sorted(targets)))
     counts = Counter(rel.split("/", 1)[0] for rel in targets)
