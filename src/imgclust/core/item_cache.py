@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,6 +39,8 @@ def code_version(files: Iterable[Path], libraries: Iterable[str] = ("numpy", "PI
 
 
 INDEX = "index.sqlite"
+BATCH_ENTRIES = 256  # entries per commit in a batch (see ItemCache.batch)
+BATCH_S = 0.25  # and at least this often, so that another process sees progress
 
 
 class ItemCache:
@@ -58,6 +61,7 @@ class ItemCache:
 
     def _reset(self) -> None:
         self._pid, self._db, self._segment, self._readers = os.getpid(), None, None, {}
+        self._batch, self._pending, self._committed = False, 0, 0.0
 
     def __getstate__(self) -> dict:  # to a worker process: without open files and connections
         return {"root": self.root, "version": self.version}
@@ -150,12 +154,38 @@ class ItemCache:
             offset = fh.seek(0, os.SEEK_END)
             fh.write(data)
             fh.flush()  # on disk (the page cache) before the index points at it
+            if self._batch and not db.in_transaction:
+                db.execute("BEGIN")
             db.execute(
                 "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
                 (key, name, offset, len(data), zlib.crc32(data)),
             )
+            self._pending += 1
+            if self._batch and (self._pending >= BATCH_ENTRIES or time.monotonic() - self._committed > BATCH_S):
+                self._commit()
         except (OSError, sqlite3.Error):
             pass
+
+    def _commit(self) -> None:
+        if self._db is not None and self._db.in_transaction:
+            self._db.execute("COMMIT")
+        self._pending, self._committed = 0, time.monotonic()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[ItemCache]:
+        """Within the block, entries are committed to the index a few hundred at a time (or every
+        quarter second) instead of one by one: 20,000 commits cost seconds."""
+        import sqlite3
+
+        self._batch, self._committed = True, time.monotonic()
+        try:
+            yield self
+        finally:
+            self._batch = False
+            try:
+                self._commit()
+            except sqlite3.Error:
+                pass
 
     def entries(self) -> dict[str, tuple[str, int, int]]:
         """Every entry: key -> (segment, offset, size), for inspection."""
@@ -173,11 +203,13 @@ def writable(cache: ItemCache, near: Path) -> Iterator[ItemCache]:
     """``cache``, or where it keeps nothing, a scratch cache in a hidden temporary folder beside
     ``near`` (removed afterwards): the stages compute into a cache, then pack from it in order."""
     if cache.root is not None:
-        yield cache
+        with cache.batch():
+            yield cache
         return
     Path(near).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".imgclust-scratch-", dir=near) as scratch:
-        yield ItemCache(Path(scratch), "scratch", {})
+        with ItemCache(Path(scratch), "scratch", {}).batch() as store:
+            yield store
 
 
 def cached(cache: ItemCache, key: str, what: str) -> bytes:
