@@ -18,6 +18,7 @@ from imgclust.core.fsutil import read_csv
 from imgclust.core.images import save_new_png
 from imgclust.stages import evaluate
 from support.cli import run_installed
+from support.packs import pack_of
 from support.paths import REPO
 
 
@@ -64,7 +65,7 @@ def test_ward_with_auto_k_is_logged_and_predicts_new_images(tmp_path, monkeypatc
     evaluate.run(
         tmp_path / "features",
         tmp_path / "model.joblib",
-        tmp_path / "images",
+        pack_of(tmp_path / "images", tmp_path / "augmented"),  # the images as augment packs them
         out / "metrics.json",
         out / "plots",
         out / "predictions.csv",

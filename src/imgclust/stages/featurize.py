@@ -100,17 +100,16 @@ def featurize(
         ray_engine.import_ray()  # a missing extra fails here, before any image is read
     from imgclust.core.extractors import make_extractor
 
-    extractor = make_extractor(method, cnn_params)  # checks the method; its parameters go into meta
+    if engine == "ray":  # the actors build the CNN; here it only checks the method and gives meta
+        extractor = make_extractor(method, cnn_params)
+    else:  # building the CNN first: missing weights fail here, before any image is read
+        extractor = _fitted_extractor(method, cnn_params)
     rows, first = _listing(manifest_csv, image_dir)
     pack = open_pack(image_dir, producer="augment")
     dtype = METHOD_DTYPES[method]
     keys = [cache.key(pack.sha256(row["path"])) for row in rows]
     with writable(cache, out_dir.parent) as store:
         todo = {key: row["path"] for key, row in zip(keys, rows) if not store.has(key)}  # each content once
-        if todo and engine != "ray":
-            # fitting builds the CNN (missing weights fail here, before any image is decoded); the
-            # ray engine builds it in its actors, and nothing needs it when every row is cached
-            extractor = _fitted_extractor(method, cnn_params)
         compute = _compute_ray if engine == "ray" else _compute_local
         desc = f"featurize ({method}{', ray' if engine == 'ray' else ''})"
         with tqdm(total=len(todo), desc=desc, unit="img", disable=None, leave=False) as bar:
