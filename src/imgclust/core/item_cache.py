@@ -61,7 +61,7 @@ class ItemCache:
 
     def _reset(self) -> None:
         self._pid, self._db, self._segment, self._readers = os.getpid(), None, None, {}
-        self._batch, self._pending, self._committed = False, 0, 0.0
+        self._batch, self._pending, self._committed, self._ready = False, 0, 0.0, False
 
     def __getstate__(self) -> dict:  # to a worker process: without open files and connections
         return {"root": self.root, "version": self.version}
@@ -82,22 +82,25 @@ class ItemCache:
             return None
         if self._pid != os.getpid():  # a forked child: the parent's connection and files are not ours
             self._reset()
-        if self._db is None:
-            if not create and not (self.root / INDEX).is_file():
-                return None
-            try:
+        try:
+            if self._db is None:
+                if not create and not (self.root / INDEX).is_file():
+                    return None
                 self.root.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.root / INDEX, timeout=60, isolation_level=None)
-                db.execute("PRAGMA synchronous=OFF")  # an entry lost in a power cut is computed again
-                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # kept by the file once set
-                    db.execute("PRAGMA journal_mode=WAL")
-                db.execute(
+                self._db = sqlite3.connect(self.root / INDEX, timeout=60, isolation_level=None)
+                self._db.execute("PRAGMA synchronous=OFF")  # an entry lost in a power cut is computed again
+            if create and not self._ready:
+                # only a writer sets the file up: a reader (another process watching) takes no lock
+                # that would wait on the writer's open transaction
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # kept by the file
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
                     "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, segment TEXT NOT NULL, "
                     "offset INTEGER NOT NULL, size INTEGER NOT NULL, crc32 INTEGER NOT NULL)"
                 )
-            except (OSError, sqlite3.Error):
-                return None
-            self._db = db
+                self._ready = True
+        except (OSError, sqlite3.Error):
+            return None
         return self._db
 
     def _lookup(self, key: str):
@@ -189,10 +192,14 @@ class ItemCache:
 
     def entries(self) -> dict[str, tuple[str, int, int]]:
         """Every entry: key -> (segment, offset, size), for inspection."""
+        import sqlite3
+
         db = self._index(create=False)
-        if db is None:
-            return {}
-        return {row[0]: tuple(row[1:]) for row in db.execute("SELECT key, segment, offset, size FROM entries")}
+        try:
+            rows = [] if db is None else db.execute("SELECT key, segment, offset, size FROM entries").fetchall()
+        except sqlite3.Error:  # a file a writer has only just created
+            rows = []
+        return {row[0]: tuple(row[1:]) for row in rows}
 
 
 NO_CACHE = ItemCache(None, "none", {})  # for callers that keep nothing (tests, one-off runs)
