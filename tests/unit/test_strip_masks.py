@@ -3,18 +3,15 @@
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imgclust.core.fsutil import link_or_copy
 from imgclust.core.packs import Pack
 from imgclust.errors import EmptyClassError, ImgclustError, ParamError
 from imgclust.stages.strip_masks import is_mask, strip_masks
@@ -89,19 +86,6 @@ def test_kept_images_are_byte_identical_to_the_raw_items(tmp_path):
     for path in kept:
         assert out_pack.sha256(path) == raw_pack.sha256(path)
         assert hashlib.sha256(out_pack.read(path)).hexdigest() == hashlib.sha256(raw_pack.read(path)).hexdigest()
-
-
-def test_link_or_copy_copies_where_a_link_is_refused(tmp_path, monkeypatch):
-    source = tmp_path / "a.png"
-    _png(source, 7)
-
-    def refuse(*args, **kwargs):
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(os, "link", refuse)
-    link_or_copy(source, tmp_path / "b.png")
-    assert (tmp_path / "b.png").read_bytes() == source.read_bytes()
-    assert (tmp_path / "b.png").stat().st_ino != source.stat().st_ino
 
 
 def test_synthetic_dataset_keeps_every_image_and_drops_every_mask(tmp_path, synthetic_dataset):

@@ -89,17 +89,6 @@ def remove_stale_tmp_siblings(path: Path) -> None:
             _remove(sibling)
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """Give ``target`` the content of ``source`` for a stage that passes a file on unchanged: a hard
-    link where the file system allows one (no data written; DVC, whose cache holds the same object,
-    then hashes and stores it once), else a copy. Stages never write into a file in place, so a
-    link shares nothing that a later stage could alter."""
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not supported
-        shutil.copyfile(source, target)
-
-
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``path`` only if the block succeeds.
