@@ -1,6 +1,6 @@
 """A stage whose parent process alone is killed (the OOM killer, ``kill -9 PID``) leaves none of its
 pool workers behind: they die with it (PR_SET_PDEATHSIG), both the forked pool of pmap (here the
-synthesize stage) and the spawned pool of imap (the featurize stage)."""
+synthesize stage) and the spawned pool of imap (the featurize stage, cnn method)."""
 
 from __future__ import annotations
 
@@ -125,12 +125,15 @@ def _featurize_inputs(root: Path, n: int) -> tuple[Path, Path]:
 
 
 def test_spawned_pool_workers_die_with_a_killed_stage(tmp_path):
-    """featurize decodes over a spawned pool (imap); its parent is killed once the pool works (its
-    first batch of features is written). A spawned worker still starting up when its parent dies
-    (spawned workers re-import the console script: seconds) exits on reaching its initializer.
-    The rows go to the stage's per-image cache first: its first entries show that the pool works."""
+    """featurize (cnn) decodes over a spawned pool (imap) while the CNN runs in the stage's own
+    process; its parent is killed once the pool works (its first batch of features is written). A
+    spawned worker still starting up when its parent dies (spawned workers re-import the console
+    script: seconds) exits on reaching its initializer. The rows go to the stage's per-image cache
+    first: its first entries show that the pool works. (Pixel rows are written by forked workers,
+    the pool of the synthesize test above.) An untrained, smallest MobileNet: nothing to download."""
     images, manifest = _featurize_inputs(tmp_path, 1500)
-    write_params(tmp_path, featurize__method="pixels", featurize__batch_size=8)
+    cnn = {"weights": "none", "alpha": 0.25, "input_size": 32, "batch_size": 8, "flip": False}
+    write_params(tmp_path, featurize__method="cnn", **{f"featurize__cnn__{k}": v for k, v in cnn.items()})
     log = tmp_path / "featurize.log"
     proc = _start(
         [

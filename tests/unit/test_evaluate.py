@@ -365,3 +365,20 @@ def test_cli_missing_features_exits_2(project, tmp_path):
     assert proc.returncode == 2
     assert "run the featurize stage" in proc.stderr
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_training_images_of_pixel_features_are_the_decoded_images(project, monkeypatch):
+    """For pixel features the profile reads the store's rows, which are the images decoded: the
+    same profile as decoding the pack (augmented copies left out, rgb or gray alike)."""
+    from imgclust.stages import evaluate as evaluate_stage
+
+    features, index, meta = load_features(project["features"])
+    assert any(r["op"] != "none" for r in index)
+    decoded = evaluate_stage.training_images(index, project["images"], None, meta, "lanczos")
+    monkeypatch.setattr(evaluate_stage, "PROFILE_IMAGES", 4)  # a sample of the originals, the same on both routes
+    sampled = evaluate_stage.training_images(index, project["images"], None, meta, "lanczos")
+    monkeypatch.undo()
+    assert evaluate_stage.training_images(index, project["images"], None, meta, "lanczos", features) == decoded
+    monkeypatch.setattr(evaluate_stage, "PROFILE_IMAGES", 4)
+    assert evaluate_stage.training_images(index, project["images"], None, meta, "lanczos", features) == sampled
+    assert sampled["n_images"] <= 4 < decoded["n_images"] == sum(r["op"] == "none" for r in index)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from imgclust.core.memory import large_empty
 from imgclust.core.metrics import clustering_metrics
 from imgclust.core.parallel import iter_batches, release_pages
 from imgclust.errors import ParamError
@@ -328,12 +329,12 @@ def _rows_matrix(transform, features, rows: np.ndarray, batch_size: int = EMBED_
         raw = _read_rows(features, rows[start : start + batch_size], raw)
         if scaler is not None:
             if out is None:
-                out = np.empty((len(rows), features.shape[1]), np.float32)
+                out = large_empty((len(rows), features.shape[1]), np.float32)
             scaler.transform_into(raw, out[start : start + len(raw)])
         else:
             part = transform.transform(raw)
             if out is None:
-                out = np.empty((len(rows), part.shape[1]), part.dtype)
+                out = large_empty((len(rows), part.shape[1]), part.dtype)
             out[start : start + len(part)] = part
         release_pages(features)
     return out

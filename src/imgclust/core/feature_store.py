@@ -105,6 +105,19 @@ class FeatureStoreWriter:
             self._file.flush()  # a full disk surfaces here, batch by batch, not at close
         self.n_written += len(rows)
 
+    def reserve(self) -> tuple[Path, int]:
+        """Size the file for every row at once, for writers that fill rows in place and in any
+        order (``fill_rows``, e.g. from worker processes); return (the file, the offset of row 0).
+        The rows count as written: ``close`` then only makes them durable."""
+        if self.n_written:
+            raise InputDataError(f"{self.path}: rows were appended already; reserve before any.")
+        with self._write_errors():
+            self._file.flush()
+            offset = self._file.tell()
+            self._file.truncate(offset + self.n_rows * self.n_features * self.dtype.itemsize)
+        self.n_written = self.n_rows
+        return self.path, offset
+
     def close(self, index: Iterable[dict], meta: dict) -> None:
         if self.n_written != self.n_rows:
             self._abandon()
@@ -122,6 +135,23 @@ class FeatureStoreWriter:
             (self.folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         except OSError as exc:
             raise write_error(self.folder / META_FILE, exc) from exc
+
+
+def fill_rows(path: Path, offset: int, start: int, rows: np.ndarray) -> None:
+    """Write ``rows`` as rows ``start``, ``start + 1``... of the file a ``FeatureStoreWriter``
+    reserved (``reserve``: its path and the offset of row 0), in place."""
+    data = np.ascontiguousarray(rows)
+    try:
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            position, view = offset + start * data[0].nbytes, memoryview(data).cast("B")
+            while view:  # pwrite may write less than asked
+                written = os.pwrite(fd, view, position)
+                position, view = position + written, view[written:]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
 
 
 def load_features(features_dir: Path, mmap: bool = True) -> tuple[np.ndarray, list[dict], dict]:

@@ -82,23 +82,32 @@ def pmap_each(
         yield from tqdm(pool.map(func, items, chunksize=chunksize), **bar)
 
 
-def imap(func: Callable, items: Sequence, *, workers: int | None = None, window: int = 256) -> Iterator:
+def _apply_each(func: Callable, chunk: Sequence) -> list:
+    return [func(item) for item in chunk]
+
+
+def imap(
+    func: Callable, items: Sequence, *, workers: int | None = None, window: int = 256, chunksize: int = 16
+) -> Iterator:
     """Lazily yield ``func(x)`` for ``items`` in order, computed by a process pool (in-process for
-    small inputs). At most ``window`` results are pending, so a slow consumer bounds memory."""
+    small inputs). Items go to the workers ``chunksize`` at a time (one task per item costs about
+    as much in inter-process traffic as decoding a small image); at most ``window`` results are
+    pending, so a slow consumer bounds memory."""
     workers = workers or default_workers()
     if workers <= 1 or len(items) < 32:
         yield from map(func, items)
         return
+    chunksize = max(1, min(chunksize, len(items) // (workers * 4)))
     # spawn, not fork: the caller may already run TensorFlow threads, which a fork must not copy
     with _pool(workers, multiprocessing.get_context("spawn")) as pool:
         pending: deque = deque()
         try:
-            for item in items:
-                pending.append(pool.submit(func, item))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
+            for chunk in iter_batches(items, chunksize):
+                pending.append(pool.submit(_apply_each, func, chunk))
+                if len(pending) * chunksize >= window:
+                    yield from pending.popleft().result()
             while pending:
-                yield pending.popleft().result()
+                yield from pending.popleft().result()
         finally:
             for future in pending:
                 future.cancel()

@@ -27,7 +27,7 @@ def _augment_one(jobs: list[tuple[str, str, str]], in_dir: Path) -> list[tuple[s
     """(key, PNG bytes) of the planned copies ``(source, op, key)`` of ONE source image, decoding
     the source once."""
     pack = open_pack(in_dir)
-    array = np.asarray(open_image(pack.name(jobs[0][0]), data=pack.read(jobs[0][0])))
+    array = np.asarray(open_image(pack.name(jobs[0][0]), data=pack.read(jobs[0][0]), from_pack=True))
     return [(key, png_bytes(apply_op(array, op))) for _, op, key in jobs]
 
 
@@ -53,7 +53,7 @@ def augment(
     check_protocol(protocol)
     in_dir = Path(in_dir)
     split = read_image_listing(split_csv, in_dir, ("path", "class", "split"), "split")
-    first = open_image(in_dir / split[0]["path"], data=open_pack(in_dir).read(split[0]["path"]))
+    first = open_image(in_dir / split[0]["path"], data=open_pack(in_dir).read(split[0]["path"]), from_pack=True)
     square = first.width == first.height
     if protocol == "honest":
         check_ops(ops, square)

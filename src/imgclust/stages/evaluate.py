@@ -108,19 +108,25 @@ def dataset_profiles(index: list[dict], meta: dict) -> dict[str, dict]:
 
 
 def training_images(
-    index: list[dict], images: Path, raw_manifest: Path | None, meta: dict, resample: str
+    index: list[dict], images: Path, raw_manifest: Path | None, meta: dict, resample: str, features=None
 ) -> dict[str, object]:
-    """``image_profile.training_profile`` of the original images (no augmented copies), for predict."""
+    """``image_profile.training_profile`` of the original images (no augmented copies), for predict.
+    Pixel ``features`` are these images already: their rows are used instead of decoding the pack."""
     import io
 
     from PIL import Image
 
     from imgclust.core.packs import open_pack
 
-    pack = open_pack(images, producer="augment")
-    originals = [r for r in index if r["op"] == "none"]
+    originals = [(i, r) for i, r in enumerate(index) if r["op"] == "none"]
     originals = originals[:: -(-len(originals) // PROFILE_IMAGES)]  # an even sample of a large set
-    arrays = [np.asarray(Image.open(io.BytesIO(pack.read(r["file"])))) for r in originals]
+    if features is not None and meta["method"] == "pixels":
+        shape = tuple(meta["image_shape"])
+        arrays = [np.asarray(features[i]).reshape(shape) for i, _ in originals]
+    else:
+        pack = open_pack(images, producer="augment")
+        arrays = [np.asarray(Image.open(io.BytesIO(pack.read(r["file"])))) for _, r in originals]
+    originals = [r for _, r in originals]
     used = {r["source"] for r in originals}
     raw_rows = [r for r in read_csv(raw_manifest) if r["path"] in used] if raw_manifest else []
     height, width = meta["image_shape"][:2]
@@ -258,7 +264,7 @@ def run(
     run_params = logged_params(params, LOCK_FILE)
     dataset = runs.dataset_of(LOCK_FILE)
     # the stages DVC ran for this pipeline run (side file), and this one up to now
-    profile = training_images(index, images, raw_manifest, meta, params.resize.resample)
+    profile = training_images(index, images, raw_manifest, meta, params.resize.resample, features)
     steps.step("log the run and its models to MLflow")
     timings = {**stage_log.read(), "evaluate": stage_log.measure("evaluate")}
     run_metrics = {**naming.split_metrics(document), **naming.stage_metrics(timings)}

@@ -27,7 +27,7 @@ def _resize_one(job: tuple[str, str], in_dir: Path, settings: tuple) -> tuple[st
     path, key = job
     pack = open_pack(in_dir)
     size, color_mode, resample = settings
-    return key, png_bytes(load_array(pack.name(path), color_mode, size, resample, data=pack.read(path)))
+    return key, png_bytes(load_array(pack.name(path), color_mode, size, resample, data=pack.read(path), from_pack=True))
 
 
 def resize_images(
