@@ -304,18 +304,20 @@ def test_feature_file_is_byte_identical_to_the_memmap_way(tmp_path, dtype, sourc
 
 class _SmallDisk:
     """A file object on a disk with ``room`` bytes left: writes past it fail with ENOSPC, as a
-    full file system's write(2) does (partially written first)."""
+    full file system's write(2) does (partially written first). ``disk``: a dict shared by the
+    file objects of one disk, whose room they use up together (a file opened twice, or two files)."""
 
-    def __init__(self, real, room: int):
-        self.real, self.room = real, room
+    def __init__(self, real, room: int, disk: dict | None = None):
+        self.real, self.disk = real, disk if disk is not None else {}
+        self.disk.setdefault("room", room)
 
     def write(self, data) -> int:
         data = bytes(data)
-        if len(data) > self.room:
-            self.real.write(data[: self.room])
-            self.room = 0
+        if len(data) > self.disk["room"]:
+            self.real.write(data[: self.disk["room"]])
+            self.disk["room"] = 0
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.room -= len(data)
+        self.disk["room"] -= len(data)
         return self.real.write(data)
 
     def __getattr__(self, name):
@@ -335,15 +337,15 @@ def _featurize_inputs(root: Path, n: int = 12) -> tuple[Path, Path]:
 
 
 def test_full_disk_while_featurizing_is_a_named_error_not_sigbus(tmp_path, monkeypatch):
-    """Full disk simulated by a file object whose write raises ENOSPC past 5000 bytes (monkeypatched
+    """Full disk simulated by file objects whose writes raise ENOSPC past 5000 bytes in all (monkeypatched
     ``open`` of the feature store: no small tmpfs is needed; tests/system/test_hostile_runs.py
     does the same on a real 16 KiB tmpfs where unprivileged mounts are allowed)."""
     images, manifest = _featurize_inputs(tmp_path)
-    real_open = open
+    real_open, disk = open, {}
     monkeypatch.setattr(
         feature_store,
         "open",
-        lambda path, mode="r", *a, **k: _SmallDisk(real_open(path, mode, *a, **k), 5000),
+        lambda path, mode="r", *a, **k: _SmallDisk(real_open(path, mode, *a, **k), 5000, disk),
         raising=False,
     )
     write_params(tmp_path, featurize__method="pixels", featurize__batch_size=4)

@@ -139,17 +139,17 @@ class FeatureStoreWriter:
 
 def fill_rows(path: Path, offset: int, start: int, rows: np.ndarray) -> None:
     """Write ``rows`` as rows ``start``, ``start + 1``... of the file a ``FeatureStoreWriter``
-    reserved (``reserve``: its path and the offset of row 0), in place."""
+    reserved (``reserve``: its path and the offset of row 0), in place. A full disk (the reserved
+    file is sparse until written) raises OutputWriteError naming the file."""
     data = np.ascontiguousarray(rows)
     try:
-        fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        fh = open(path, "r+b")  # noqa: SIM115 - closed below
         try:
-            position, view = offset + start * data[0].nbytes, memoryview(data).cast("B")
-            while view:  # pwrite may write less than asked
-                written = os.pwrite(fd, view, position)
-                position, view = position + written, view[written:]
+            fh.seek(offset + start * data[0].nbytes)
+            fh.write(data.tobytes())
+            fh.flush()
         finally:
-            os.close(fd)
+            fh.close()
     except OSError as exc:
         raise write_error(path, exc) from exc
 

@@ -2,7 +2,7 @@
 
 Filling a newly allocated matrix costs a page fault per 4 KiB page the first time it is touched:
 on the 2-core virtual machines this project is measured on, filling a new 2.6 GB float32 matrix
-(18,000 images of 190 x 190 pixels) took 4.0-7.1 s in 4 KiB pages and 1.3-1.7 s in 2 MiB pages
+(18,000 images of 190 x 190 pixels) took 2.9-6.1 s in 4 KiB pages and 0.5-1.9 s in 2 MiB pages
 (three runs each, alternating). Transparent huge pages are often enabled only for memory that
 asks for them (``/sys/kernel/mm/transparent_hugepage/enabled`` = madvise), hence the request.
 """
@@ -24,7 +24,8 @@ def large_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes < HUGE_PAGE_MIN_BYTES or not hasattr(mmap, "MADV_HUGEPAGE"):
         return np.empty(shape, dtype)
-    memory = mmap.mmap(-1, nbytes)
+    # private: Python's default for anonymous maps is shared memory, which gets no huge pages
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
         memory.madvise(mmap.MADV_HUGEPAGE)
     except OSError:  # a kernel without transparent huge pages: ordinary pages, same array

@@ -30,7 +30,7 @@ from imgclust.core.fsutil import (
 )
 from imgclust.core.images import check_image
 from imgclust.core.item_cache import NO_CACHE, ItemCache
-from imgclust.core.packs import write_pack
+from imgclust.core.packs import PackWriter
 from imgclust.core.parallel import pmap_each
 from imgclust.errors import CorruptImageError, EmptyClassError, SourceError
 
@@ -206,14 +206,19 @@ def _check_one(path: Path, source: Path, cache) -> dict:
     }
 
 
-def _checked_bytes(source: Path, row: dict) -> tuple[str, bytes]:
-    """The bytes of a checked file, read again to be packed: refused if they changed since."""
+def _rel(path: Path, source: Path) -> str:
+    return path.relative_to(source).as_posix()
+
+
+def _checked_bytes(source: Path, row: dict) -> tuple[str, bytes, str]:
+    """The bytes of a checked file, read again to be packed, with their sha256: refused if they
+    changed since."""
     data = _read_regular_file(source / row["path"])
     if hashlib.sha256(data).hexdigest() != row["sha256"]:
         raise SourceError(
             f"{source / row['path']}: changed while it was ingested; rerun ingest when the source is still."
         )
-    return row["path"], data
+    return row["path"], data, row["sha256"]
 
 
 def ingest(
@@ -260,27 +265,30 @@ def _ingest_folder(
 ) -> IngestReport:
     """``label``: how messages name an archive's files (``archive:member``); None for a folder."""
     files, ignored = survey_source(source)
-    all_files = [path for paths in files.values() for path in paths]
-    described = []
-    # the workers check, this process alone writes the cache
-    for row in pmap_each(
-        partial(_check_one, source=source, cache=cache), all_files, desc="ingest", unit="file", workers=workers
-    ):
-        if "cache_entry" in row:
-            cache.put(*row.pop("cache_entry"))
-        described.append(row)
-    corrupt = [row for row in described if "error" in row]
-    if corrupt and not skip_corrupt:
-        named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
-        listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
-        raise CorruptImageError(
-            f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
-            "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
-            named,
-        )
-    rows = sorted((row for row in described if "error" not in row), key=lambda row: row["path"])
-    with atomic_dir(raw_dir) as tmp:
-        write_pack(tmp, (_checked_bytes(source, row) for row in rows))
+    # in the pack's order (by path string), so that each file is packed as soon as it is checked
+    all_files = sorted((path for paths in files.values() for path in paths), key=lambda p: _rel(p, source))
+    rows, corrupt = [], []
+    # the workers check; this process alone writes the cache, and packs each intact file meanwhile
+    # (a pack with a corrupt file left out is discarded below unless skip_corrupt)
+    with atomic_dir(raw_dir) as tmp, PackWriter(tmp) as pack:
+        for row in pmap_each(
+            partial(_check_one, source=source, cache=cache), all_files, desc="ingest", unit="file", workers=workers
+        ):
+            if "cache_entry" in row:
+                cache.put(*row.pop("cache_entry"))
+            if "error" in row:
+                corrupt.append(row)
+                continue
+            pack.add(*_checked_bytes(source, row))
+            rows.append(row)
+        if corrupt and not skip_corrupt:
+            named = [f"{label}:{row['path']}" if label else str(source / row["path"]) for row in corrupt]
+            listing = "\n".join(f"  {name}: {row['error']}" for name, row in zip(named, corrupt))
+            raise CorruptImageError(
+                f"{len(corrupt)} image(s) in {label or source} cannot be decoded:\n{listing}\n"
+                "Remove or replace them, or set ingest.skip_corrupt: true to skip and list them.",
+                named,
+            )
     report = IngestReport(
         ignored=list(ignored),
         ignored_reasons=ignored,

@@ -68,15 +68,45 @@ def resize_images(
     settings = ((width, height), color_mode, resample)
     # one entry per source image content and settings: the output name is not part of it
     keys = {rel: cache.key(pack.sha256(source), repr(settings)) for rel, source in targets.items()}
+    order = sorted(targets)  # the pack's order
     with writable(cache, Path(out_dir).parent) as store:
-        missing = sorted({(source, keys[rel]) for rel, source in targets.items() if not store.has(keys[rel])})
-        # the workers resize, this process alone writes the cache (one writer: no lock contention)
-        for key, data in pmap_each(
-            partial(_resize_one, in_dir=pack.folder, settings=settings), missing, desc="resize", workers=workers
-        ):
-            store.put(key, data)
-        with atomic_dir(out_dir) as tmp:
-            write_pack(tmp, ((rel, cached(store, keys[rel], rel)) for rel in sorted(targets)))
+        missing: dict[str, str] = {}  # key -> source, each content once, in the pack's order
+        for rel in order:
+            if keys[rel] not in missing and not store.has(keys[rel]):
+                missing[keys[rel]] = targets[rel]
+        # the workers resize; this process alone writes the cache (one writer: no lock contention)
+        # and packs each image as its turn comes, taking a new one from the workers as it arrives
+        resized = pmap_each(
+            partial(_resize_one, in_dir=pack.folder, settings=settings),
+            [(source, key) for key, source in missing.items()],
+            desc="resize",
+            workers=workers,
+        )
+        uses = Counter(keys[rel] for rel in order)
+        pending: dict[str, bytes] = {}  # a new image that a later item has too (the same content)
+
+        def items():
+            for rel in order:
+                key = keys[rel]
+                if key in pending:
+                    data = pending[key]
+                elif key in missing:
+                    done, data = next(resized)  # pmap_each keeps the order of its items
+                    store.put(done, data)
+                else:
+                    data = cached(store, key, rel)
+                uses[key] -= 1
+                if uses[key]:
+                    pending[key] = data
+                else:
+                    pending.pop(key, None)
+                yield rel, data
+
+        try:
+            with atomic_dir(out_dir) as tmp:
+                write_pack(tmp, items())
+        finally:
+            resized.close()  # the pool ends here, also when the pack could not be written
     counts = Counter(rel.split("/", 1)[0] for rel in targets)
     return {
         "images_per_class": dict(sorted(counts.items())),

@@ -76,7 +76,7 @@ def strip_masks(raw_dir: Path, out_dir: Path, patterns: list[str]) -> dict:
             )
         kept[cls], masks[cls] = n_kept, len(folder_masks)
     with atomic_dir(out_dir) as tmp:
-        write_pack(tmp, raw.iter_items(keep))
+        write_pack(tmp, raw.iter_verified(keep))
     return {
         "images_per_class": kept,
         "masks_per_class": masks,
