@@ -87,13 +87,13 @@ def augment(
             for key, data in copies:
                 store.put(key, data)
 
-        def content(row: dict) -> bytes:
-            if row["op"] == "none":
-                return resized.read(row["source"])
-            return cached(store, keys[row["path"]], row["path"])
+        def item(row: dict) -> tuple:
+            if row["op"] == "none":  # an original, passed on with the digest its read was checked against
+                return row["path"], resized.read(row["source"]), resized.sha256(row["source"])
+            return row["path"], cached(store, keys[row["path"]], row["path"])
 
         with atomic_dir(out_dir) as tmp:
-            write_pack(tmp, ((row["path"], content(row)) for row in sorted(plan, key=lambda row: row["path"])))
+            write_pack(tmp, (item(row) for row in sorted(plan, key=lambda row: row["path"])))
     write_csv(manifest_path, plan, AUGMENTED_FIELDS)
     counts = Counter((row["split"], row["class"]) for row in plan)
     summary: dict = defaultdict(dict)
