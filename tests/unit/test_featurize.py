@@ -297,3 +297,33 @@ def test_cli_featurize_bad_method_exits_2(gray_data, tmp_path):
     assert "error:" in proc.stderr and "Did you mean 'pixels'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_every_route_writes_the_same_store(gray_data, tmp_path):
+    """Pixel rows written in place by the workers (no cache, the stage's route), through a per-image
+    cache, and streamed into the store by this process (the route of a CNN with the cache off, or
+    of the ray engine): byte for byte the same store, with batches that do not divide the rows."""
+    from imgclust.core.item_cache import ItemCache
+    from imgclust.core.packs import open_pack
+    from imgclust.stages import featurize as featurize_stage
+
+    routes = {
+        "in place": {},
+        "cache": {"cache": ItemCache(tmp_path / "cache", "featurize", {"code": "test"})},
+    }
+    for name, extra in routes.items():
+        featurize(
+            gray_data["images"], gray_data["manifest"], tmp_path / name, method="pixels", cnn_params={},
+            batch_size=7, **extra,
+        )  # fmt: skip
+    rows, first = featurize_stage._listing(gray_data["manifest"], gray_data["images"])
+    pack = open_pack(gray_data["images"])
+    extractor = featurize_stage._fitted_extractor("pixels", {})
+    featurize_stage._stream(
+        pack, rows, first, extractor, "pixels", {}, 7, None, tmp_path / "stream", featurize_stage._compute_local,
+        "featurize",
+    )  # fmt: skip
+    expected = {p.name: p.read_bytes() for p in gray_data["features"].iterdir()}
+    assert len(rows) % 7 and set(expected) == {"features.npy", "index.csv", "meta.json"}
+    for name in (*routes, "stream"):
+        assert {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()} == expected, name
