@@ -323,6 +323,12 @@ class _SmallDisk:
     def __getattr__(self, name):
         return getattr(self.real, name)
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.real.close()
+
 
 def _featurize_inputs(root: Path, n: int = 12) -> tuple[Path, Path]:
     images, rows = root / "augmented", []

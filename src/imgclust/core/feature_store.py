@@ -143,13 +143,9 @@ def fill_rows(path: Path, offset: int, start: int, rows: np.ndarray) -> None:
     file is sparse until written) raises OutputWriteError naming the file."""
     data = np.ascontiguousarray(rows)
     try:
-        fh = open(path, "r+b")  # noqa: SIM115 - closed below
-        try:
+        with open(path, "r+b") as fh:
             fh.seek(offset + start * data[0].nbytes)
             fh.write(data.tobytes())
-            fh.flush()
-        finally:
-            fh.close()
     except OSError as exc:
         raise write_error(path, exc) from exc
 

@@ -238,8 +238,8 @@ class Pack:
 
     def iter_items(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, bytes]]:
         """(path, bytes) of ``paths`` (default: all, sorted), each verified."""
-        for path in self.paths() if paths is None else paths:
-            yield path, self.read(path)
+        for path, data, _ in self.iter_verified(paths):
+            yield path, data
 
     def iter_verified(self, paths: Iterable[str] | None = None) -> Iterator[tuple[str, bytes, str]]:
         """(path, bytes, sha256) of ``paths`` (default: all, sorted), each verified: what

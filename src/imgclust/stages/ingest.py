@@ -170,12 +170,16 @@ def _read_regular_file(path: Path) -> bytes:
         return fh.read()
 
 
+def _rel(path: Path, source: Path) -> str:
+    return path.relative_to(source).as_posix()
+
+
 def _check_one(path: Path, source: Path, cache) -> dict:
     """Read ``path`` once: hash it and check that it is an intact image (a check already passed by
     the same bytes is read from ``cache``). Returns its manifest row (with ``cache_entry``, the
     new check for the caller to store, when it was not in the cache), or ``{"path", "error"}`` for
     a file that does not decode."""
-    rel = path.relative_to(source).as_posix()
+    rel = _rel(path, source)
     try:
         data = _read_regular_file(path)
     except OSError as exc:  # replaced or removed since the scan
@@ -198,16 +202,12 @@ def _check_one(path: Path, source: Path, cache) -> dict:
     return {
         **({"cache_entry": entry} if cached is None else {}),
         "path": rel,
-        "class": path.relative_to(source).parts[0],
+        "class": rel.split("/", 1)[0],
         "width": width,
         "height": height,
         "mode": mode,
         "sha256": digest,
     }
-
-
-def _rel(path: Path, source: Path) -> str:
-    return path.relative_to(source).as_posix()
 
 
 def _checked_bytes(source: Path, row: dict) -> tuple[str, bytes, str]:
