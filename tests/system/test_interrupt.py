@@ -55,7 +55,7 @@ def _tmp_siblings(path: Path) -> list[Path]:
 
 def _resized_so_far(project: Path) -> Callable[[], int]:
     """How many images resize has finished, run in ``project``: its per-image cache entries (it
-    packs them into its output only once all are there)."""
+    packs each into its temporary output as it arrives; the output appears once all are there)."""
     return lambda: len(ItemCache(project / ".imgclust" / "cache", "resize", {}).entries())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -34,10 +35,37 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _start_worker(parent_pid: int) -> None:
+    """Pool initializer. A terminal's Ctrl-C (and ``kill -INT`` of a process group) reaches the
+    workers too; only the parent acts on it, and ends the pool. A worker interrupted inside the
+    pool's result queue keeps its lock forever, and the parent then waits forever for a result (seen
+    under ``dvc repro`` in CI). The worker was started with SIGINT blocked (``_sigint_held``): a
+    SIGINT pending since then is dropped by ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    die_with_parent(parent_pid)
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Block SIGINT in the calling thread while it submits work, which is when the pool starts its
+    workers and threads: they inherit the mask, so none can be interrupted before it ignores SIGINT.
+    The parent acts on a SIGINT that came meanwhile as soon as this ends."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _pool(workers: int, mp_context=None) -> ProcessPoolExecutor:
     # workers are started from the calling (main) thread: PDEATHSIG follows that thread's exit
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=mp_context, initializer=die_with_parent, initargs=(os.getpid(),)
+        max_workers=workers, mp_context=mp_context, initializer=_start_worker, initargs=(os.getpid(),)
     )
 
 
@@ -79,7 +107,9 @@ def pmap_each(
         return
     chunksize = chunksize or max(1, min(64, len(items) // (workers * 8)))
     with _pool(workers) as pool:
-        yield from tqdm(pool.map(func, items, chunksize=chunksize), **bar)
+        with _sigint_held():  # map submits every item at once, and the first submit starts the workers
+            results = pool.map(func, items, chunksize=chunksize)
+        yield from tqdm(results, **bar)
 
 
 def _apply_each(func: Callable, chunk: Sequence) -> list:
@@ -103,7 +133,8 @@ def imap(
         pending: deque = deque()
         try:
             for chunk in iter_batches(items, chunksize):
-                pending.append(pool.submit(_apply_each, func, chunk))
+                with _sigint_held():  # a submit may start a worker (spawn starts them as work comes)
+                    pending.append(pool.submit(_apply_each, func, chunk))
                 if len(pending) * chunksize >= window:
                     yield from pending.popleft().result()
             while pending:
