@@ -124,6 +124,7 @@ def one_thread():
     With 2 threads OpenBLAS sums the long products of pixels (36,100 terms) in another order than
     with 1, so PCA's components differed in their last bits; KMeans adds its threads' partial sums in
     the order they finish, and pickles its thread count with the model. Used as a decorator too.
+    PCA's fit runs at a fixed two BLAS threads (``pca_fit_threads``), never the machine's count.
     """
     # threadpoolctl limits only the libraries already loaded: load them first
     import scipy.linalg  # noqa: F401  (scipy's own OpenBLAS: PCA's SVD)
@@ -131,6 +132,23 @@ def one_thread():
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1):
+        yield
+
+
+# PCA's fit is a few long products of the float pixel matrix (16 passes over 2.6 GB at 18,000 images
+# of 190 x 190): on 2 cores, 2 BLAS threads fit it in 0.6x the time of one. OpenBLAS splits a
+# product among its threads by their number alone, so a fixed number gives the same bits on every
+# machine: measured, the same components with 2 threads on 2 cores and on 1 (taskset), where it
+# took 2.4x longer. Never the machine's core count, which would make the model depend on it.
+PCA_FIT_BLAS_THREADS = 2
+
+
+@contextmanager
+def pca_fit_threads():
+    """Inside ``one_thread``: BLAS at PCA_FIT_BLAS_THREADS threads, OpenMP (KMeans) still at one."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=PCA_FIT_BLAS_THREADS, user_api="blas"):
         yield
 
 
@@ -227,10 +245,11 @@ def fit_model(
             is_train,
             pca_on_all,
             # the PCA gets a float matrix made for this fit alone, filled batch by batch
-            lambda pipeline: pipeline.steps[-1][1].fit(
+            lambda pipeline: _fit_pca(
+                pipeline.steps[-1][1],
                 _rows_matrix(
                     pipeline[:-1], features, np.arange(len(features)) if pca_on_all else np.flatnonzero(is_train)
-                )
+                ),
             ),
             EMBED_BATCH,
             cache,
@@ -241,6 +260,11 @@ def fit_model(
         embedding = np.asarray(features[is_train])
     model = fit_clusterer(clusterer, embedding, kmeans, clusterers, auto_k)
     return Pipeline(steps + [(clusterer, model)])
+
+
+def _fit_pca(pca, matrix: np.ndarray):
+    with pca_fit_threads():
+        return pca.fit(matrix)
 
 
 def _checked_k(kmeans: dict, clusterer: str, auto_k: dict | None, n_train: int) -> int:
