@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from imgclust.core.images import (
     load_array,
     open_image,
     pil_mode,
+    png_bytes,
     resample_filter,
+    save_new_png,
 )
 from imgclust.errors import CorruptImageError, ParamError
 
@@ -264,3 +267,28 @@ def test_unknown_resample_or_mode_is_a_param_error(tmp_path):
         open_image(path, "L")
     with pytest.raises(ParamError):
         load_array(path, "color")
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (1, 7), (5, 1), (190, 190), (33, 250), (1, 1, 3), (2, 9, 3), (190, 190, 3)], ids=str
+)
+def test_png_bytes_decode_to_the_array_itself(shape, tmp_path):
+    """The stages' own PNG writer (gray and RGB, "Sub" filter): any reader gets the very pixels back,
+    whatever the array's memory layout; check_image accepts what it writes."""
+    array = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    for variant in (array, np.asfortranarray(array), array[::-1], np.ascontiguousarray(array[:, ::-1])):
+        data = png_bytes(variant)
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "PNG" and image.mode == ("L" if len(shape) == 2 else "RGB")
+            assert np.array_equal(np.asarray(image), variant)
+    path = tmp_path / "a.png"
+    save_new_png(array, path)
+    assert path.read_bytes() == png_bytes(array)
+    assert check_image(path, path.read_bytes()) == (shape[1], shape[0], "L" if len(shape) == 2 else "RGB")
+
+
+def test_png_bytes_of_other_arrays_go_through_pillow():
+    """16-bit gray and RGBA are not the stages' images; they are still written losslessly."""
+    for array in (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000, np.full((3, 4, 4), 7, np.uint8)):
+        with Image.open(io.BytesIO(png_bytes(array))) as image:
+            assert np.array_equal(np.asarray(image), array)
