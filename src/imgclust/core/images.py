@@ -14,8 +14,8 @@ from imgclust.errors import CorruptImageError, OutputCollisionError, OutputWrite
 
 try:  # zlib-ng inflates in half the time: the PNG row check below inflates every ingested image
     from zlib_ng import zlib_ng as zlib
-except ImportError:  # pragma: no cover - a dependency; the standard zlib gives the same bytes
-    import zlib
+except ImportError:  # pragma: no cover - a dependency; the standard zlib inflates to the same bytes,
+    import zlib  # but deflates (png_bytes) to other ones: valid PNGs of the same pixels
 
 RESAMPLE_FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -41,7 +41,7 @@ MAX_IMAGE_SIDE = 4096
 # again, into smaller files. Other arrays (not 8-bit gray or RGB) go through Pillow.
 PNG_LEVEL, PNG_STRATEGY = 1, 3  # 3: zlib's Z_RLE
 PNG_FILTER_SUB = 1
-PNG_COLOR_TYPES = {2: 0, 3: 2}  # array dimensions (gray H x W, RGB H x W x 3) -> PNG colour type
+PNG_COLOR_TYPES = {1: 0, 3: 2}  # channels (gray H x W, RGB H x W x 3) -> PNG colour type
 PNG_OPTIONS = {"format": "PNG", "compress_level": PNG_LEVEL, "compress_type": PNG_STRATEGY}  # Pillow's route
 
 
@@ -66,13 +66,13 @@ def save_new_png(array: np.ndarray, path: Path) -> None:
 def png_bytes(array: np.ndarray) -> bytes:
     """``array`` encoded as the PNG that ``save_new_png`` writes (see PNG_LEVEL)."""
     array = np.asarray(array)
-    color_type = PNG_COLOR_TYPES.get(array.ndim)
-    if array.dtype != np.uint8 or color_type is None or (array.ndim == 3 and array.shape[2] != 3) or not array.size:
+    channels = 1 if array.ndim == 2 else array.shape[2] if array.ndim == 3 else None
+    color_type = PNG_COLOR_TYPES.get(channels)
+    if array.dtype != np.uint8 or color_type is None or not array.size:
         buffer = io.BytesIO()
         Image.fromarray(array).save(buffer, **PNG_OPTIONS)
         return buffer.getvalue()
     height, width = array.shape[:2]
-    channels = 1 if array.ndim == 2 else 3
     rows = array.reshape(height, -1)
     filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
     filtered[:, 0] = PNG_FILTER_SUB  # each row starts with its filter type

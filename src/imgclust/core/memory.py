@@ -5,8 +5,9 @@ Filling a newly allocated matrix costs a page fault per page the first time it i
 machines this project is measured on: ``np.empty`` (which asks for huge pages itself at this size)
 took 0.6-6.5 s to allocate and fill, a map asking for transparent huge pages (MADV_HUGEPAGE)
 0.6-5.4 s (the kernel compacts memory to find them, and a pipeline leaves it full of page cache),
-pages mapped in at once (MAP_POPULATE) 1.1 s every time. The train stage took 17.8-18.2 s with the latter against 20.1-23.2 s with huge pages (four
-runs each, alternating), though products over 4 KiB pages were 7 % slower.
+pages mapped in at once (MAP_POPULATE) 1.1 s every time. The train stage took 17.8-18.2 s with the
+latter against 20.1-23.2 s with huge pages (four runs each, alternating), though products over 4 KiB
+pages were 7 % slower.
 """
 
 from __future__ import annotations
