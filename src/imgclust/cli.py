@@ -6,16 +6,14 @@ imgclust's exceptions into a message and exit code 2.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
 import importlib
 import os
 import sys
-import threading
 
 import typer
 
+from imgclust.core.parallel import end_process
 from imgclust.errors import ImgclustError
 
 
@@ -32,21 +30,8 @@ class _ConsoleApp(typer.Typer):
             return super().__call__(*args, **kwargs)
         except SystemExit as exc:
             if sys.getprofile() is None and sys.gettrace() is None:
-                _end_process(exc.code)
+                end_process(exc.code)
             raise
-
-
-def _end_process(code) -> None:
-    # the interpreter's own first steps of finalisation, in its order: threading's exit hooks (which
-    # stop process pools' manager threads), other threads joined, then the atexit handlers
-    threading._shutdown()
-    if isinstance(code, str):  # sys.exit("message"): printed, status 1
-        print(code, file=sys.stderr)
-    atexit._run_exitfuncs()  # logging.shutdown, worker pools, MLflow's own
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 app = _ConsoleApp(

@@ -9,6 +9,7 @@ data stops before the last row. Every bad input is generated here."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -499,14 +500,18 @@ def test_the_largest_allowed_side_is_accepted(tmp_path):
 
 
 def _fake_log_run(monkeypatch) -> dict:
-    """runs.log_run and the git/dvc tags replaced in-process: what evaluate passes to tracking."""
+    """runs.RunLogger and the git/dvc tags replaced in-process: what evaluate passes to tracking."""
     seen: dict = {}
 
-    def log_run(**kwargs):
-        seen.update(kwargs)
-        return {"run_id": "r", "experiment_id": "0", "tracking_uri": "sqlite:///x"}
+    class FakeLogger(contextlib.AbstractContextManager):
+        def __exit__(self, *exc_info):
+            pass
 
-    monkeypatch.setattr(evaluate_stage.runs, "log_run", log_run)
+        def log_run(self, **kwargs):
+            seen.update(kwargs)
+            return {"run_id": "r", "experiment_id": "0", "tracking_uri": "sqlite:///x"}
+
+    monkeypatch.setattr(evaluate_stage.runs, "RunLogger", FakeLogger)
     monkeypatch.setattr(evaluate_stage.runs, "pipeline_tags", lambda *args: {"kind": "pipeline"})
     return seen
 

@@ -321,10 +321,12 @@ def test_evaluate_outputs_follow_the_checked_out_dvc_yaml(tmp_path):
 
 
 @pytest.mark.slow  # fits and logs two models into a new MLflow store
-def test_log_run_into_a_sqlite_store_round_trips(isolated_mlflow, tmp_path):
-    """One in-process log_run into <tmp>/mlruns: the params come back (parse_param_value) as they were
-    given, the metrics, tags, artifacts and cluster classes as logged, and both models predict like
-    the fitted pipeline."""
+@pytest.mark.parametrize("in_process", [True, False], ids=["in-process", "helper-process"])
+def test_log_run_into_a_sqlite_store_round_trips(isolated_mlflow, tmp_path, in_process):
+    """One log_run into <tmp>/mlruns, in this process and through RunLogger's helper process (what
+    the evaluate stage uses): the params come back (parse_param_value) as they were given, the
+    metrics, tags, artifacts and cluster classes as logged, and both models predict like the fitted
+    pipeline."""
     import mlflow
     from PIL import Image
 
@@ -358,19 +360,19 @@ def test_log_run_into_a_sqlite_store_round_trips(isolated_mlflow, tmp_path):
         "data": {"source": "1.5", "sha256": ""},
     }
     (tmp_path / "metrics.json").write_text(json.dumps({"test": {"ari": 0.75}}))
-    info = runs.log_run(
-        experiment="unit-exp",
-        params=params,
-        metrics={"test_ari": 0.75, "train_ari": 1.0},
-        tags={"featurize.method": "pixels", naming.KIND_TAG: naming.PIPELINE_KIND, "data.x.y": "a" * 32},
-        artifacts=[tmp_path / "metrics.json", tmp_path / "missing.json"],
-        cluster_classes={"0": "benign", "1": "normal"},
-        summary={"features": {"method": "pixels"}},
-        model=model,
-        model_input_example=features[:2],
-        image_pipeline=image_pipeline(ImageLoader(8, 8, "gray", "lanczos"), PixelFeatures(), model),
-        root=tmp_path,
-    )
+    with runs.RunLogger(root=tmp_path, in_process=in_process) as logger:
+        info = logger.log_run(
+            experiment="unit-exp",
+            params=params,
+            metrics={"test_ari": 0.75, "train_ari": 1.0},
+            tags={"featurize.method": "pixels", naming.KIND_TAG: naming.PIPELINE_KIND, "data.x.y": "a" * 32},
+            artifacts=[tmp_path / "metrics.json", tmp_path / "missing.json"],
+            cluster_classes={"0": "benign", "1": "normal"},
+            summary={"features": {"method": "pixels"}},
+            model=model,
+            model_input_example=features[:2],
+            image_pipeline=image_pipeline(ImageLoader(8, 8, "gray", "lanczos"), PixelFeatures(), model),
+        )
 
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert info["tracking_uri"] == uri and (tmp_path / "mlruns" / "mlflow.db").is_file()

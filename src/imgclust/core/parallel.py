@@ -1,12 +1,15 @@
-"""Process-pool maps with a progress bar, and batching helpers for streaming over large arrays."""
+"""Process-pool maps with a progress bar, helper processes, and batching helpers for streaming over
+large arrays."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -67,6 +70,38 @@ def _pool(workers: int, mp_context=None) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=mp_context, initializer=_start_worker, initargs=(os.getpid(),)
     )
+
+
+def start_helper(target: Callable, *args) -> multiprocessing.Process:
+    """Start ``target(*args)`` in a new (spawned) process that, like the pool workers, leaves Ctrl-C
+    to its parent and dies with it; it is ended at the parent's exit should it still run then."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_run_helper, args=(os.getpid(), target, args), daemon=True
+    )
+    with _sigint_held():
+        process.start()
+    return process
+
+
+def _run_helper(parent_pid: int, target: Callable, args: tuple) -> None:
+    _start_worker(parent_pid)
+    target(*args)
+    end_process(0)
+
+
+def end_process(code) -> None:
+    """End this process as Python would (threading's exit hooks, which stop process pools' manager
+    threads, and other threads joined; then the atexit handlers; output flushed) but without tearing
+    down its thousands of modules: measured on 2 busy cores, that teardown took 7 to 10 s of a
+    process that had imported MLflow, scikit-learn and matplotlib. ``code`` is sys.exit's argument."""
+    threading._shutdown()
+    if isinstance(code, str):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+    atexit._run_exitfuncs()  # logging.shutdown, worker pools, MLflow's own
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)
 
 
 def default_workers() -> int:

@@ -3,6 +3,7 @@ MLflow with the parameters every stage recorded in dvc.lock."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -181,120 +182,122 @@ def run(
 
     if not model_path.is_file():
         raise InputDataError(f"{model_path}: not found; run the train stage (dvc repro train).")
-    steps = progress.Steps("evaluate", 4 if mlflow_log else 2)
-    steps.step("score")
-    pipeline = joblib.load(model_path)
-    features, index, meta = load_features(features_dir)
-    result = evaluate_model(pipeline, features, index)
-    metrics = result["metrics"]
-    warnings = metric_warnings(result)
-    clusters = result["clusters"]
-    # plots first: should one fail, metrics.json and predictions.csv still hold the last good run's
-    steps.step("plots")
-    test_rows = result["splits"] == "test"
-    shown = test_rows if test_rows.any() else np.ones(len(index), bool)
-    plots.plot_contingency(
-        clusters[shown],
-        result["labels"][shown],
-        plots_dir / "contingency.png",
-        title=f"Clusters x classes ({'test' if test_rows.any() else 'all'} images)",
-    )
-    with one_thread():  # a PCA(2) of the features when the model has none: thread-count independent too
-        coordinates = plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps)
-    pca = pipeline.named_steps.get("pca")
-    plots.plot_scatter(
-        coordinates,
-        clusters,
-        result["labels"],
-        plots_dir / "scatter.png",
-        title="Images in the clustering space (all splits)",
-        axis_labels=plots.scatter_axis_labels(
-            pca is not None, [float(v) for v in getattr(pca, "explained_variance_ratio_", [])]
-        ),
-    )
-    thumbs, captions, copies = plots.thumbnails_with_copies(index, clusters, images, params.evaluate.thumbnails)
-    sizes = {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True))}
-    plots.plot_thumbnails(
-        thumbs,
-        plots_dir / "thumbnails.png",
-        captions,
-        title="Sample images per cluster (orange frame: augmented copy; row: copies, majority class share)",
-        cluster_sizes=sizes,
-        row_notes=plots.cluster_notes(index, clusters),
-        copies_by_cluster=copies,
-    )
-    # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
-    document = {split: {k: (None if v != v else v) for k, v in values.items()} for split, values in metrics.items()}
-    auto_k = getattr(pipeline.steps[-1][1], "auto_k_", None)
-    if auto_k:  # train.kmeans.n_clusters: auto: the chosen k and the criterion's curve over k
-        document["auto_k"] = auto_k_metrics(auto_k)
-    write_json(metrics_path, document)
-    write_csv(
-        predictions_path,
-        (
-            {"file": r["file"], "class": r["class"], "split": r["split"], "op": r["op"], "cluster": int(c)}
-            for r, c in zip(index, clusters)
-        ),
-        PREDICTION_FIELDS,
-    )
-    if not mlflow_log:
+    # MLflow is imported by a helper process meanwhile (runs.RunLogger)
+    with runs.RunLogger() if mlflow_log else contextlib.nullcontext() as logger:
+        steps = progress.Steps("evaluate", 4 if mlflow_log else 2)
+        steps.step("score")
+        pipeline = joblib.load(model_path)
+        features, index, meta = load_features(features_dir)
+        result = evaluate_model(pipeline, features, index)
+        metrics = result["metrics"]
+        warnings = metric_warnings(result)
+        clusters = result["clusters"]
+        # plots first: should one fail, metrics.json and predictions.csv still hold the last good run's
+        steps.step("plots")
+        test_rows = result["splits"] == "test"
+        shown = test_rows if test_rows.any() else np.ones(len(index), bool)
+        plots.plot_contingency(
+            clusters[shown],
+            result["labels"][shown],
+            plots_dir / "contingency.png",
+            title=f"Clusters x classes ({'test' if test_rows.any() else 'all'} images)",
+        )
+        with one_thread():  # a PCA(2) of the features when the model has none: thread-count independent too
+            coordinates = plots.scatter_coordinates(result["embedding"], "pca" in pipeline.named_steps)
+        pca = pipeline.named_steps.get("pca")
+        plots.plot_scatter(
+            coordinates,
+            clusters,
+            result["labels"],
+            plots_dir / "scatter.png",
+            title="Images in the clustering space (all splits)",
+            axis_labels=plots.scatter_axis_labels(
+                pca is not None, [float(v) for v in getattr(pca, "explained_variance_ratio_", [])]
+            ),
+        )
+        thumbs, captions, copies = plots.thumbnails_with_copies(index, clusters, images, params.evaluate.thumbnails)
+        sizes = {int(c): int(n) for c, n in zip(*np.unique(clusters, return_counts=True))}
+        plots.plot_thumbnails(
+            thumbs,
+            plots_dir / "thumbnails.png",
+            captions,
+            title="Sample images per cluster (orange frame: augmented copy; row: copies, majority class share)",
+            cluster_sizes=sizes,
+            row_notes=plots.cluster_notes(index, clusters),
+            copies_by_cluster=copies,
+        )
+        # NaN (e.g. silhouette of a single cluster) is not JSON; DVC reads null as missing
+        document = {split: {k: (None if v != v else v) for k, v in values.items()} for split, values in metrics.items()}
+        auto_k = getattr(pipeline.steps[-1][1], "auto_k_", None)
+        if auto_k:  # train.kmeans.n_clusters: auto: the chosen k and the criterion's curve over k
+            document["auto_k"] = auto_k_metrics(auto_k)
+        write_json(metrics_path, document)
+        write_csv(
+            predictions_path,
+            (
+                {"file": r["file"], "class": r["class"], "split": r["split"], "op": r["op"], "cluster": int(c)}
+                for r, c in zip(index, clusters)
+            ),
+            PREDICTION_FIELDS,
+        )
+        if not mlflow_log:
+            steps.close()
+            return {"metrics": metrics, "warnings": warnings}
+        steps.step("profile the training images")
+
+        summary = {"features": meta, "reports": {}, "metric_warnings": warnings}
+        if auto_k:
+            summary["auto_k"] = {**auto_k, "curve": {str(k): v for k, v in auto_k["curve"].items()}}
+        for report in reports:
+            if report.is_file():
+                summary["reports"][report.stem] = json.loads(report.read_text())
+        # imported here: scikit-learn costs seconds, which the CLI should not pay at import
+        from imgclust.core.extractors import ImageLoader, image_pipeline, make_extractor
+
+        # decode new images exactly as the training images were: their size and mode come from the
+        # features themselves, the resampling filter from the resize parameters
+        height, width = meta["image_shape"][:2]
+        loader = ImageLoader(width, height, meta["color_mode"], params.resize.resample)
+        extractor = make_extractor(meta["method"], meta["extractor"])
+        test_index = [i for i, r in enumerate(index) if r["split"] == "test"] or list(range(len(index)))
+        weights = meta["extractor"].get("weights")
+        tags = runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE)
+        if warnings:
+            tags[naming.METRIC_WARNINGS_TAG] = "; ".join(warnings)[: naming.TAG_VALUE_LIMIT]
+        run_params = logged_params(params, LOCK_FILE)
+        dataset = runs.dataset_of(LOCK_FILE)
+        # the stages DVC ran for this pipeline run (side file), and this one up to now
+        profile = training_images(index, images, raw_manifest, meta, params.resize.resample, features)
+        steps.step("log the run and its models to MLflow")
+        timings = {**stage_log.read(), "evaluate": stage_log.measure("evaluate")}
+        run_metrics = {**naming.split_metrics(document), **naming.stage_metrics(timings)}
+        profiles = dataset_profiles(index, meta)
+        name = describe_run(run_params, dataset)
+        tags[naming.RUN_DESCRIPTION_TAG] = naming.run_description(name, dataset, profiles, run_metrics)
+        info = logger.log_run(
+            experiment=params.mlflow.experiment_name,
+            params=run_params,
+            metrics=run_metrics,
+            run_name=name,
+            dataset=dataset,
+            dataset_profiles=profiles,
+            extra_dicts={
+                naming.CLUSTER_SHARES_ARTIFACT: cluster_class_shares(result),
+                naming.TRAINING_IMAGES_ARTIFACT: profile,
+            },
+            tags=tags,
+            artifacts=[plots_dir, metrics_path, predictions_path],
+            summary=summary,
+            cluster_classes=cluster_classes(result),
+            model=pipeline,
+            model_input_example=np.asarray(features[test_index[:2]]),
+            image_pipeline=image_pipeline(loader, extractor, pipeline),
+            weights_file=weights if weights and Path(str(weights)).is_file() else None,
+        )
+        write_json(run_info, info)
+        stage_log.consume()
         steps.close()
-        return {"metrics": metrics, "warnings": warnings}
-    steps.step("profile the training images")
-
-    summary = {"features": meta, "reports": {}, "metric_warnings": warnings}
-    if auto_k:
-        summary["auto_k"] = {**auto_k, "curve": {str(k): v for k, v in auto_k["curve"].items()}}
-    for report in reports:
-        if report.is_file():
-            summary["reports"][report.stem] = json.loads(report.read_text())
-    # imported here: scikit-learn costs seconds, which the CLI should not pay at import
-    from imgclust.core.extractors import ImageLoader, image_pipeline, make_extractor
-
-    # decode new images exactly as the training images were: their size and mode come from the
-    # features themselves, the resampling filter from the resize parameters
-    height, width = meta["image_shape"][:2]
-    loader = ImageLoader(width, height, meta["color_mode"], params.resize.resample)
-    extractor = make_extractor(meta["method"], meta["extractor"])
-    test_index = [i for i, r in enumerate(index) if r["split"] == "test"] or list(range(len(index)))
-    weights = meta["extractor"].get("weights")
-    tags = runs.pipeline_tags(meta["method"], Path.cwd(), LOCK_FILE)
-    if warnings:
-        tags[naming.METRIC_WARNINGS_TAG] = "; ".join(warnings)[: naming.TAG_VALUE_LIMIT]
-    run_params = logged_params(params, LOCK_FILE)
-    dataset = runs.dataset_of(LOCK_FILE)
-    # the stages DVC ran for this pipeline run (side file), and this one up to now
-    profile = training_images(index, images, raw_manifest, meta, params.resize.resample, features)
-    steps.step("log the run and its models to MLflow")
-    timings = {**stage_log.read(), "evaluate": stage_log.measure("evaluate")}
-    run_metrics = {**naming.split_metrics(document), **naming.stage_metrics(timings)}
-    profiles = dataset_profiles(index, meta)
-    name = describe_run(run_params, dataset)
-    tags[naming.RUN_DESCRIPTION_TAG] = naming.run_description(name, dataset, profiles, run_metrics)
-    info = runs.log_run(
-        experiment=params.mlflow.experiment_name,
-        params=run_params,
-        metrics=run_metrics,
-        run_name=name,
-        dataset=dataset,
-        dataset_profiles=profiles,
-        extra_dicts={
-            naming.CLUSTER_SHARES_ARTIFACT: cluster_class_shares(result),
-            naming.TRAINING_IMAGES_ARTIFACT: profile,
-        },
-        tags=tags,
-        artifacts=[plots_dir, metrics_path, predictions_path],
-        summary=summary,
-        cluster_classes=cluster_classes(result),
-        model=pipeline,
-        model_input_example=np.asarray(features[test_index[:2]]),
-        image_pipeline=image_pipeline(loader, extractor, pipeline),
-        weights_file=weights if weights and Path(str(weights)).is_file() else None,
-    )
-    write_json(run_info, info)
-    stage_log.consume()
-    steps.close()
-    return {"metrics": metrics, "warnings": warnings, "run": info, "run_name": name}
+        return {"metrics": metrics, "warnings": warnings, "run": info, "run_name": name}
 
 
 def command(
