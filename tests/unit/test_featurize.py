@@ -7,6 +7,8 @@ The data are real: the synthetic dataset run through the real ingest -> strip_ma
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -327,3 +329,22 @@ def test_every_route_writes_the_same_store(gray_data, tmp_path):
     assert len(rows) % 7 and set(expected) == {"features.npy", "index.csv", "meta.json"}
     for name in (*routes, "stream"):
         assert {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()} == expected, name
+
+
+@pytest.mark.slow  # a fresh Python process
+def test_the_pixel_route_runs_without_importing_scikit_learn(gray_data, tmp_path):
+    """Importing scikit-learn took 1.3-1.7 s, most of the stage's time on 1,000 images: the pixels
+    method (the default) makes its rows without it, the same rows as ``PixelFeatures``."""
+    out = tmp_path / "features"
+    code = (
+        "import sys; from pathlib import Path; from imgclust.stages.featurize import featurize; "
+        "featurize(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), method='pixels', cnn_params={}, "
+        "batch_size=7); print(sorted(name for name in sys.modules if name.split('.')[0] == 'sklearn'))"
+    )
+    args = [sys.executable, "-c", code, str(gray_data["images"]), str(gray_data["manifest"]), str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {
+        p.name: p.read_bytes() for p in gray_data["features"].iterdir()
+    }

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from imgclust.core.feature_store import check_method
+from imgclust.core.feature_store import check_method, pixel_rows
 from imgclust.core.images import convert, load_array, pil_mode, resample_filter
 from imgclust.errors import InputDataError
 
@@ -67,11 +67,7 @@ class PixelFeatures(BaseEstimator, TransformerMixin):
         return True
 
     def transform(self, X) -> np.ndarray:
-        arrays = [np.asarray(a) for a in X]
-        shapes = {a.shape for a in arrays}
-        if len(shapes) > 1:
-            raise InputDataError(f"pixel features need images of one size, got shapes {sorted(shapes)}")
-        return np.stack(arrays).reshape(len(arrays), -1).astype(np.uint8, copy=False)
+        return pixel_rows(X)
 
 
 def make_extractor(method: str, cnn_params: dict):

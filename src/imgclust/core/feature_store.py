@@ -137,6 +137,17 @@ class FeatureStoreWriter:
             raise write_error(self.folder / META_FILE, exc) from exc
 
 
+def pixel_rows(images) -> np.ndarray:
+    """Equal-size uint8 images -> flattened uint8 rows: the pixels method's features (what
+    ``extractors.PixelFeatures`` computes, here without scikit-learn, which costs the featurize
+    stage more time to import than its pixel work on 1,000 images)."""
+    arrays = [np.asarray(a) for a in images]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputDataError(f"pixel features need images of one size, got shapes {sorted(shapes)}")
+    return np.stack(arrays).reshape(len(arrays), -1).astype(np.uint8, copy=False)
+
+
 def fill_rows(path: Path, offset: int, start: int, rows: np.ndarray) -> None:
     """Write ``rows`` as rows ``start``, ``start + 1``... of the file a ``FeatureStoreWriter``
     reserved (``reserve``: its path and the offset of row 0), in place. A full disk (the reserved

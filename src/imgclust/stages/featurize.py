@@ -13,7 +13,7 @@ import numpy as np
 import typer
 
 from imgclust import config
-from imgclust.core.feature_store import METHOD_DTYPES, FeatureStoreWriter, fill_rows
+from imgclust.core.feature_store import METHOD_DTYPES, FeatureStoreWriter, fill_rows, pixel_rows
 from imgclust.core.fsutil import atomic_dir, read_image_listing
 from imgclust.core.images import open_image
 from imgclust.core.item_cache import NO_CACHE, ItemCache, cached, writable
@@ -23,6 +23,7 @@ from imgclust.errors import InputDataError
 
 # the keys of params.yaml this stage reads: its `params` in dvc.yaml, and all it may read
 PARAMS = ("featurize",)
+PIXEL_EXTRACTOR_PARAMS: dict = {}  # extractors.PixelFeatures().get_params(), recorded without making one
 
 
 def _load_stored(path: Path, data: bytes) -> np.ndarray:
@@ -96,6 +97,10 @@ def featurize(
     from tqdm import tqdm
 
     image_dir, out_dir = Path(image_dir), Path(out_dir)
+    desc = f"featurize ({method}{', ray' if engine == 'ray' else ''})"
+    if cache.root is None and method == "pixels" and engine == "local":
+        rows, first = _listing(manifest_csv, image_dir)
+        return _pixels_in_place(open_pack(image_dir, producer="augment"), rows, first, batch_size, out_dir, desc)
     if engine == "ray":
         from imgclust.core import ray_engine
 
@@ -110,9 +115,6 @@ def featurize(
     pack = open_pack(image_dir, producer="augment")
     dtype = METHOD_DTYPES[method]
     compute = _compute_ray if engine == "ray" else _compute_local
-    desc = f"featurize ({method}{', ray' if engine == 'ray' else ''})"
-    if cache.root is None and method == "pixels" and engine == "local":
-        return _pixels_in_place(pack, rows, first, extractor, batch_size, out_dir, desc)
     if cache.root is None:  # nothing is kept: the rows go from the extractor straight to the store
         return _stream(
             pack, rows, first, extractor, method, cnn_params, batch_size, ray_settings, out_dir, compute, desc
@@ -136,24 +138,25 @@ def featurize(
             writer = FeatureStoreWriter(tmp, len(rows), len(row(0)), dtype)
             for batch in iter_batches(range(len(rows)), batch_size):
                 writer.append(np.stack([row(i) for i in batch]))
-            return _close(writer, rows, method, first, extractor)
+            return _close(writer, rows, method, first, _params(extractor))
 
 
-def _fill_rows(job: tuple[int, list[str]], folder: Path, extractor, first_shape: tuple, store: tuple[Path, int]) -> int:
+def _fill_rows(job: tuple[int, list[str]], folder: Path, first_shape: tuple, store: tuple[Path, int]) -> int:
     """Decode the pack's images ``job`` = (first row, paths) and write their rows into the reserved
     feature file ``store`` (path, offset) in place, in a worker process; return how many."""
     start, paths = job
     pack = open_pack(folder)
     arrays = [_load_stored(pack.name(path), pack.read(path)) for path in paths]
     _check_shapes(folder, {a.shape for a in arrays} | {tuple(first_shape)})
-    fill_rows(*store, start, extractor.transform(arrays))
+    fill_rows(*store, start, pixel_rows(arrays))
     return len(paths)
 
 
-def _pixels_in_place(pack, rows, first, extractor, batch_size, out_dir, desc) -> dict:
+def _pixels_in_place(pack, rows, first, batch_size, out_dir, desc) -> dict:
     """``featurize`` of pixels: the workers decode the images and write the rows into the store
     themselves, so no row passes through this process. Decoding is all a pixel row costs, so no
-    per-image cache is kept. Measured on 20,200 images of 190 x 190 (2 cores, the stage alone): 11 s
+    per-image cache is kept, and no extractor is made (``feature_store.pixel_rows`` is
+    ``PixelFeatures``' transform without scikit-learn's 1.3-1.7 s import). Measured on 20,200 images of 190 x 190 (2 cores, the stage alone): 11 s
     this way; rows sent back to this process, 14-18 s; through the cache, 17-21 s on a first run
     and 6.8 s when every row was cached. The cache would also keep 36 KB per image and setting,
     more than the PNG itself."""
@@ -163,13 +166,11 @@ def _pixels_in_place(pack, rows, first, extractor, batch_size, out_dir, desc) ->
     jobs = [(start, paths[start : start + batch_size]) for start in range(0, len(paths), batch_size)]
     with atomic_dir(out_dir) as tmp, tqdm(total=len(rows), desc=desc, unit="img", disable=None, leave=False) as bar:
         writer = FeatureStoreWriter(tmp, len(rows), first.size, METHOD_DTYPES["pixels"])
-        fill = partial(
-            _fill_rows, folder=pack.folder, extractor=extractor, first_shape=first.shape, store=writer.reserve()
-        )
+        fill = partial(_fill_rows, folder=pack.folder, first_shape=first.shape, store=writer.reserve())
         # forked workers: nothing to import again (no TensorFlow runs in this process for pixels)
         for n in pmap_each(fill, jobs, desc=desc, chunksize=1):
             bar.update(n)
-        return _close(writer, rows, "pixels", first, extractor)
+        return _close(writer, rows, "pixels", first, PIXEL_EXTRACTOR_PARAMS)
 
 
 def _stream(pack, rows, first, extractor, method, cnn_params, batch_size, ray_settings, out_dir, compute, desc) -> dict:
@@ -185,7 +186,7 @@ def _stream(pack, rows, first, extractor, method, cnn_params, batch_size, ray_se
             writer = writer or FeatureStoreWriter(tmp, len(rows), features.shape[1], dtype)
             writer.append(features)
             bar.update(len(features))
-        return _close(writer, rows, method, first, extractor)
+        return _close(writer, rows, method, first, _params(extractor))
 
 
 def _compute_local(pack, todo, extractor, method, cnn_params, batch_size, first_shape, settings):
@@ -219,7 +220,12 @@ def _compute_ray(pack, todo, extractor, method, cnn_params, batch_size, first_sh
             yield [todo[i][0] for i in idx], [tuple(first_shape)] * len(idx), features
 
 
-def _close(store: FeatureStoreWriter, rows: list[dict], method: str, first: np.ndarray, extractor) -> dict:
+def _params(extractor) -> dict:
+    """The extractor's parameters as the feature store's meta data records them."""
+    return {k: v for k, v in extractor.get_params().items() if k != "progress"}
+
+
+def _close(store: FeatureStoreWriter, rows: list[dict], method: str, first: np.ndarray, extractor_params: dict) -> dict:
     """Write the store's index and meta data; return the meta data."""
     meta = {
         "method": method,
@@ -228,7 +234,7 @@ def _close(store: FeatureStoreWriter, rows: list[dict], method: str, first: np.n
         "dtype": store.dtype.name,
         "image_shape": list(first.shape),
         "color_mode": "gray" if first.ndim == 2 else "rgb",
-        "extractor": {k: v for k, v in extractor.get_params().items() if k != "progress"},
+        "extractor": extractor_params,
     }
     store.close(
         (
