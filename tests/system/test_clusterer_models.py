@@ -22,7 +22,8 @@ from support.packs import pack_of
 from support.paths import REPO
 
 
-def test_ward_with_auto_k_is_logged_and_predicts_new_images(tmp_path, monkeypatch):
+def test_ward_with_auto_k_is_logged_and_predicts_new_images(tmp_path, isolated_mlflow):
+    monkeypatch = isolated_mlflow
     rng = np.random.default_rng(0)
     levels = {"dark": 30, "mid": 130, "light": 230}
     rows, arrays = [], []
@@ -96,5 +97,7 @@ def test_ward_with_auto_k_is_logged_and_predicts_new_images(tmp_path, monkeypatc
 
     import mlflow.sklearn
 
+    # this process's MLflow may point elsewhere (the run was logged by evaluate's helper process)
+    mlflow.set_tracking_uri(uri)
     feature_model = mlflow.sklearn.load_model(f"runs:/{run_id}/model")
     assert np.array_equal(feature_model.predict(features), np.array([expected[r["file"]] for r in rows]))

@@ -475,8 +475,8 @@ def _log_run(
 
     import joblib
     import mlflow
-    import mlflow.pyfunc  # noqa: F401
-    import mlflow.sklearn  # noqa: F401
+    import mlflow.pyfunc
+    import mlflow.sklearn
     import pandas as pd
     from mlflow.models import infer_signature
 
