@@ -97,12 +97,21 @@ def _exits_cleanly(func, stage: str | None = None, loads_tensorflow: bool = Fals
     return wrapper
 
 
-def _register() -> None:
+@app.callback()
+def _group() -> None:
+    """Always a group of commands, even with one registered (Typer runs a lone command without its name)."""
+
+
+def _register(names) -> None:
     for name, module_name in COMMANDS.items():
+        if name not in names:
+            continue
         module = importlib.import_module(module_name)
         stage = module_name.rsplit(".", 1)[1] if ".stages." in module_name else None
         loads_tensorflow = stage is not None or name in TENSORFLOW_TOOLS
         app.command(name, help=module.__doc__)(_exits_cleanly(module.command, stage, loads_tensorflow))
 
 
-_register()
+# the command named on the command line is all a process runs: only its module is imported (the
+# others cost a stage process about 0.1 s); help and anything else see them all
+_register([sys.argv[1]] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else COMMANDS)
