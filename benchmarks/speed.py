@@ -230,7 +230,8 @@ def scale_rows(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
     rows = []
     cold = repro(root, env)
     details.append(steps_table(f"cold run, {size} images (rows 2-4)", cold, root))
-    noop = repro(root, env)
+    noops = [repro(root, env) for _ in range(3)]  # about 2 s each on a shared machine: the median of 3
+    noop = sorted(noops, key=lambda run: run.wall_s)[1]
     naive = naive_out = None
     if want & {"cold", "iteration"}:
         naive, naive_out = script("naive_seed.py", source, env)
@@ -276,7 +277,15 @@ def scale_rows(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
         )
     rows.append(
         Row(
-            f"5. no-op `dvc repro`, {size} images", noop.wall_s, None, None, "", "< 2 s", noop.wall_s < 2, noop.tree_mib
+            f"5. no-op `dvc repro`, {size} images (median of 3)",
+            noop.wall_s,
+            None,
+            None,
+            "",
+            "< 2 s",
+            noop.wall_s < 2,
+            noop.tree_mib,
+            note="runs: " + ", ".join(f"{run.wall_s:.2f}" for run in noops),
         )
     )
     shutil.rmtree(root)
