@@ -20,8 +20,9 @@ featurize, DVC hashing the datasets, evaluate's scoring. The sum is a lower boun
 wall time; where it exceeds the seed script's time, measured in the same run, target 1 cannot be met
 on that folder without changing what the pipeline is (eight DVC stages, a logged MLflow run).
 
-    python benchmarks/floor.py [FOLDER ...] [--tmp DIR]
-    # FOLDER "synthetic": speed.py's BUSI-like phantoms (780, with masks); default: busi256, busi-sample
+    python benchmarks/floor.py [FOLDER ...] [--tmp DIR]     # default: busi256 and busi-sample
+    # FOLDER: a path, a name in ../shared/datasets (busi256), or "synthetic": speed.py's BUSI-like
+    # phantoms (780, with masks)
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
                 from speed import busi_like
 
                 folder = busi_like(Path(tmp) / "synthetic", env, REPO)
+            elif not folder.is_dir() and (DATASETS / folder).is_dir():  # a name in ../shared/datasets
+                folder = DATASETS / folder
             if not folder.is_dir():
                 print(f"<!-- {folder} not present, skipped -->")
                 continue
