@@ -73,17 +73,22 @@ def _store_runs(root: Path) -> dict[str, dict]:
     db = root / "mlruns" / "mlflow.db"
     if not db.exists() or db.stat().st_size == 0:
         return {}
-    for _ in range(50):
+    error = None
+    for attempt in range(50):
+        # read-only while a writer may be live; a writer killed mid-transaction leaves a hot journal,
+        # which only a read-write connection rolls back (as MLflow's next open of the store does)
+        mode = "ro" if attempt < 25 else "rw"
         try:
-            with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            with contextlib.closing(sqlite3.connect(f"file:{db}?mode={mode}", uri=True, timeout=5)) as con:
                 result = {}
                 for run_id, status in con.execute("select run_uuid, status from runs").fetchall():
                     tags = dict(con.execute("select key, value from tags where run_uuid=?", (run_id,)).fetchall())
                     result[run_id] = {"status": status, "tags": tags}
                 return result
-        except sqlite3.OperationalError:  # locked by the writer, or its schema not there yet
+        except sqlite3.OperationalError as exc:  # locked by the writer, or its schema not there yet
+            error = exc
             time.sleep(0.1)
-    raise AssertionError(f"{db} stayed unreadable")
+    raise AssertionError(f"{db} stayed unreadable: {error}")
 
 
 @pytest.fixture(scope="module")
