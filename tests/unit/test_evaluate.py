@@ -382,3 +382,6 @@ def test_training_images_of_pixel_features_are_the_decoded_images(project, monke
     monkeypatch.setattr(evaluate_stage, "PROFILE_IMAGES", 4)
     assert evaluate_stage.training_images(index, project["images"], None, meta, "lanczos", features) == sampled
     assert sampled["n_images"] <= 4 < decoded["n_images"] == sum(r["op"] == "none" for r in index)
+    monkeypatch.undo()
+    monkeypatch.setattr(evaluate_stage, "PAGE_RELEASE_ROWS", 1)  # pages let go after every row: rows unchanged
+    assert evaluate_stage.training_images(index, project["images"], None, meta, "lanczos", features) == decoded

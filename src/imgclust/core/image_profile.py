@@ -29,15 +29,15 @@ def _range(values: Iterable[float]) -> list[float]:
 
 
 def training_profile(
-    arrays: list[np.ndarray], originals: list[dict], model_input: dict[str, object]
+    arrays: Iterable[np.ndarray], originals: list[dict], model_input: dict[str, object]
 ) -> dict[str, object]:
     """Sizes and modes of ``originals`` (rows with width, height, mode, as ingest recorded them),
-    per-channel pixel statistic ranges of ``arrays`` (the same images as the model sees them) and
-    ``model_input`` (width, height, color_mode, resample)."""
+    per-channel pixel statistic ranges of ``arrays`` (the same images as the model sees them, read
+    one by one) and ``model_input`` (width, height, color_mode, resample)."""
     stats = [pixel_stats(a) for a in arrays]
     channels = len(stats[0]["mean"]) if stats else 0
     return {
-        "n_images": len(arrays),
+        "n_images": len(stats),
         "width": _range(int(r["width"]) for r in originals),
         "height": _range(int(r["height"]) for r in originals),
         "modes": sorted({str(r["mode"]) for r in originals}),
