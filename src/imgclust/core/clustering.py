@@ -33,6 +33,10 @@ ORIGINALS = "originals"  # evaluate's group of every original image (train and t
 # what train.auto_k maximises (silhouette) or minimises (bic) for each clusterer that takes a k
 AUTO_K_CRITERIA = {"kmeans": "silhouette", "ward": "silhouette", "spectral": "silhouette", "gmm": "bic"}
 EMBED_BATCH = 2048  # rows per batch where the exact path scales and embeds rows
+# embed's batches: at most this many bytes for the float64 copy a PCA's transform centres (an
+# IncrementalPCA's mean is float64); 2048 rows of 190x190 pixels would make it 590 MB
+EMBED_BATCH_BYTES = 64 * 2**20
+MIN_EMBED_BATCH = 64  # rows: matrix products of so many rows give each row as larger batches do
 
 
 def make_clusterer(name: str, n_clusters: int, kmeans: dict, clusterers: dict | None = None, batch_size=None):
@@ -415,10 +419,16 @@ def _batch_transform(transform):
     return apply
 
 
+def embed_batch_rows(n_features: int) -> int:
+    """``embed``'s rows per batch for rows of ``n_features``: EMBED_BATCH, fewer for wide rows."""
+    return max(MIN_EMBED_BATCH, min(EMBED_BATCH, EMBED_BATCH_BYTES // (8 * max(n_features, 1))))
+
+
 @one_thread()
-def embed(pipeline, features: np.ndarray, batch_size: int = EMBED_BATCH) -> np.ndarray:
+def embed(pipeline, features: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """The clustering space (all steps but the clusterer) of ``features``, computed batch by batch
-    so that memory-mapped features are never loaded whole."""
+    (``embed_batch_rows`` unless given) so that memory-mapped features are never loaded whole."""
+    batch_size = batch_size or embed_batch_rows(features.shape[1])
     apply = _batch_transform(pipeline[:-1] if len(pipeline.steps) > 1 else None)
     parts = []
     for start in range(0, len(features), batch_size):
