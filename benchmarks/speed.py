@@ -321,9 +321,19 @@ def incremental(label: str, root: Path, cold: Timed, params: dict, env, tmp: Pat
 
 
 def big(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
-    source = tmp / "big"
-    generated = synthesize(source, args.big, env, args.repo)
-    details.append(f"<!-- {args.big} synthetic images generated in {generated:.0f} s, not counted -->")
+    source = args.big_pool or tmp / "big"
+    # a --big-pool folder generated before is reused; its marker lies beside it, outside the source
+    marker = source.with_name(source.name + ".n_images")
+    if args.big_pool and marker.is_file() and marker.read_text() == str(args.big):
+        details.append(f"<!-- {args.big} synthetic images reused from {source} -->")
+    else:
+        if source.exists():
+            shutil.rmtree(source)
+        generated = synthesize(source, args.big, env, args.repo)
+        details.append(f"<!-- {args.big} synthetic images generated in {generated:.0f} s, not counted -->")
+        if args.big_pool:
+            marker.write_text(str(args.big))
+    warm(source)
     root = project(tmp, "big-project", {"data.source": str(source), "augment.target": 1}, env, args.repo)
     run = repro(root, env)
     details.append(steps_table(f"{args.big} images, `dvc repro` from nothing", run, root))
@@ -332,7 +342,8 @@ def big(args, env: dict, tmp: Path, details: list[str]) -> list[Row]:
     noops = [repro(root, env).wall_s for _ in range(3)]
     shutil.rmtree(root)
     alone = dvc_alone_noops(source, tmp, env)
-    shutil.rmtree(source)
+    if not args.big_pool:
+        shutil.rmtree(source)
     return [
         Row(
             f"5. {args.big} images: peak RSS of featurize, train, evaluate",
@@ -453,6 +464,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--tmp", type=Path, help="parent folder of the temporary projects and data")
     parser.add_argument(
         "--pool", type=Path, help="folder of the generated --size + 1 %% phantoms, kept and reused by later runs"
+    )
+    parser.add_argument(
+        "--big-pool", type=Path, help="folder of the generated --big phantoms, kept and reused by later runs"
     )
     args = parser.parse_args(argv)
     args.repo = args.repo.resolve()
