@@ -217,6 +217,30 @@ def test_scalable_solvers_above_the_threshold(data):
     assert adjusted_rand_score(exact.predict(np.asarray(features)), labels) > 0.5
 
 
+def test_embed_batches_are_sized_by_bytes_and_give_the_same_clusters(data, monkeypatch):
+    """evaluate's embedding, in batches capped by the bytes of their float64 copy (which an
+    IncrementalPCA's transform makes), equals the embedding in one batch up to BLAS rounding (a
+    matrix product of another row count may round the last bits differently), with the same clusters."""
+    from imgclust.core import clustering
+
+    features, is_train, meta = data
+    assert clustering.embed_batch_rows(190 * 190) == 232 and clustering.embed_batch_rows(1024) == 2048
+    assert clustering.embed_batch_rows(10**7) == clustering.MIN_EMBED_BATCH
+    kwargs = dict(n_components=5, n_clusters=3, n_init=3, random_state=0)
+    for threshold in (10, 0):  # IncrementalPCA (its mean is float64), then PCA (float32)
+        model = fit_model(features, is_train, method="pixels", **settings(threshold=threshold, batch_size=16, **kwargs))
+        rows = np.concatenate([np.asarray(features)] * 6)  # several batches of 64 and a partial one
+        whole = clustering.embed(model, rows, len(rows))
+        monkeypatch.setattr(clustering, "EMBED_BATCH_BYTES", 8 * rows.shape[1] * 64)
+        assert clustering.embed_batch_rows(rows.shape[1]) == 64 < len(rows) and len(rows) % 64
+        batched = clustering.embed(model, rows)
+        monkeypatch.undo()
+        assert batched.dtype == whole.dtype and batched.shape == whole.shape
+        np.testing.assert_allclose(batched, whole, rtol=0, atol=1e-5 * float(np.abs(whole).max()))
+        clusterer = model.steps[-1][1]
+        assert np.array_equal(clusterer.predict(batched), clusterer.predict(whole))
+
+
 @pytest.mark.slow  # 780 real images through the data stages
 def test_scalable_solvers_ari_within_0_01_of_the_exact_ones_on_busi256(tmp_path, busi256):
     """The shipped defaults on the 780 BUSI images at 190x190 (honest protocol, 10 % test): forcing

@@ -36,7 +36,7 @@ EMBED_BATCH = 2048  # rows per batch where the exact path scales and embeds rows
 # embed's batches: at most this many bytes for the float64 copy a PCA's transform centres (an
 # IncrementalPCA's mean is float64); 2048 rows of 190x190 pixels would make it 590 MB
 EMBED_BATCH_BYTES = 64 * 2**20
-MIN_EMBED_BATCH = 64  # rows: matrix products of so many rows give each row as larger batches do
+MIN_EMBED_BATCH = 64  # rows: a floor for very wide rows, so the batches stay matrix products, not single rows
 
 
 def make_clusterer(name: str, n_clusters: int, kmeans: dict, clusterers: dict | None = None, batch_size=None):
