@@ -39,7 +39,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from measure import repro, timed
+from measure import bare_dvc_project, repro, timed
 from project_copy import bench_env, make_project
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,8 +95,6 @@ TRAIN = textwrap.dedent(
 
 def trivial_stages(tmp: Path, env: dict) -> float:
     """Wall s of ``dvc repro`` running N_STAGES chained stages that each write one small file."""
-    root = tmp / "trivial"
-    root.mkdir()
     stages = {}
     for i in range(N_STAGES):
         write = f"open('o{i}', 'w').write('{i}')"
@@ -105,10 +103,7 @@ def trivial_stages(tmp: Path, env: dict) -> float:
             "deps": [f"o{i - 1}"] if i else [],
             "outs": [f"o{i}"],
         }
-    (root / "dvc.yaml").write_text(json.dumps({"stages": stages}))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
-    return timed(["dvc", "repro"], root, env).wall_s
+    return timed(["dvc", "repro"], bare_dvc_project(tmp / "trivial", stages, env), env).wall_s
 
 
 def import_s(code: str, env: dict, runs: int = 5) -> float:

@@ -142,6 +142,16 @@ def repro(root: Path, env: dict, target: str = "evaluate") -> Timed:
     return timed(["dvc", "repro", target], root, env, stages=True)
 
 
+def bare_dvc_project(root: Path, stages: dict, env: dict) -> Path:
+    """A new git + DVC repository at ``root`` whose dvc.yaml holds ``stages`` and nothing else:
+    what the benchmarks compare the pipeline against (DVC's own cost)."""
+    root.mkdir()
+    (root / "dvc.yaml").write_text(json.dumps({"stages": stages}))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    return root
+
+
 def lock_outs(root: Path) -> dict[str, str]:
     """Every output's hash recorded in ``root``'s dvc.lock: {"stage: path": md5}."""
     lock = yaml.safe_load((root / "dvc.lock").read_text())

@@ -44,7 +44,17 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from measure import Timed, differences, load_average, lock_nfiles, lock_outs, metrics, repro, timed
+from measure import (
+    Timed,
+    bare_dvc_project,
+    differences,
+    load_average,
+    lock_nfiles,
+    lock_outs,
+    metrics,
+    repro,
+    timed,
+)
 from project_copy import REPO, bench_env, make_project, set_params, write_params
 
 BENCHMARKS = Path(__file__).resolve().parent
@@ -363,13 +373,9 @@ def dvc_alone_noops(source: Path, tmp: Path, env: dict) -> list[float]:
     """Wall s of 3 no-op ``dvc repro`` runs of a pipeline that is DVC alone: one stage whose command
     writes one file and whose one dependency is ``source`` (as ingest's ``data.source`` is). What any
     pipeline whose dvc.lock records the source folder's content pays on every no-op."""
-    root = tmp / "dvc-alone"
-    root.mkdir()
     write = "open('out', 'w').write('1')"
     stage = {"cmd": f'{sys.executable} -c "{write}"', "deps": [str(source)], "outs": ["out"]}
-    (root / "dvc.yaml").write_text(json.dumps({"stages": {"one": stage}}))
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True, capture_output=True)
+    root = bare_dvc_project(tmp / "dvc-alone", {"one": stage}, env)
     timed(["dvc", "repro"], root, env)  # the first run hashes the source: not a no-op
     noops = [timed(["dvc", "repro"], root, env).wall_s for _ in range(3)]
     shutil.rmtree(root)
